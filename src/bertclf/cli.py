@@ -1,0 +1,285 @@
+"""The command line: a thin layer over :class:`bertclf.TextClassifier` and the data readers.
+
+Every user error prints one line ``error: ...`` and exits with code 2, with nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import BertclfError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _quiet_transformers() -> None:
+    """transformers' load report and progress bars would drown our own one-line messages."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+# ---------------------------------------------------------------------------------------------- train
+def _add_data_flags(p: argparse.ArgumentParser, drop_empty: bool = True) -> None:
+    p.add_argument("--text-column", help="column holding the text (default: text)")
+    p.add_argument("--label-column", help="column holding the label(s) (default: label, or labels if only that exists)")
+    p.add_argument("--label-sep", help="separator of multi-label names in CSV/TSV cells (default: |)")
+    if drop_empty:
+        p.add_argument("--drop-empty", action="store_true", default=None,
+                       help="skip rows whose text is empty instead of refusing the file (the count is reported)")
+
+
+def _train_parser(sub) -> None:
+    from .estimator import TextClassifier
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TextClassifier)}
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a model on a labelled file and save it",
+        description="Fine-tune a BERT-family encoder on TRAIN_FILE (CSV, TSV, JSONL or Parquet with text and label "
+        "columns), pick the best epoch on the dev set, score the test set and save a transformers-loadable "
+        "model directory. Flags override --config.",
+    )
+    p.add_argument("train_file", metavar="TRAIN_FILE")
+    p.add_argument("--dev", metavar="FILE", help="dev file that picks the best epoch (default: a seeded split, see --val-fraction)")
+    p.add_argument("--test", metavar="FILE", help="test file scored once with the best model")
+    p.add_argument("--output", "-o", required=True, metavar="DIR", help="model directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML file with any of these options (dashes or underscores)")
+    p.add_argument("--model", help=f"HF model id or local directory (default: the packaged all-MiniLM-L6-v2)")
+    _add_data_flags(p)
+    p.add_argument("--task", choices=("auto", "binary", "multiclass", "multilabel"),
+                   help=f"auto: lists or --label-sep in labels → multilabel, 2 classes → binary (default: {defaults['task']})")
+    hyper = {
+        "max_length": (int, "tokens per text incl. special tokens; longer texts are truncated and counted"),
+        "epochs": (int, "training epochs"),
+        "batch_size": (int, "texts per optimizer step (times --grad-accum)"),
+        "lr": (float, "peak AdamW learning rate"),
+        "weight_decay": (float, "AdamW weight decay (not on biases and LayerNorm)"),
+        "warmup_ratio": (float, "share of steps with linear warmup, then linear decay"),
+        "grad_accum": (int, "gradient accumulation steps"),
+        "seed": (int, "seed for the split, head initialisation, dropout and batch order"),
+        "patience": (int, "stop after this many epochs without dev improvement; 0 = never"),
+        "val_fraction": (float, "dev share held out (stratified) when there is no --dev; 0 = none"),
+    }
+    for name, (kind, text) in hyper.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{text} (default: {defaults[name]})")
+    p.add_argument("--metric", choices=("accuracy", "macro_f1", "micro_f1", "weighted_f1", "subset_accuracy"),
+                   help=f"dev metric that picks the best epoch (default: {defaults['metric']})")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="auto: bf16 on CPUs/GPUs that have it, fp16 on older GPUs, else fp32 (default: auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.set_defaults(run=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .artifact import check_output_free
+    from .config import DATA_KEYS, merge
+    from .data import check_classes, check_known_labels, read_labeled
+    from .estimator import TextClassifier
+    from .metrics import check_metric, render
+
+    options = merge(args.config, vars(args))
+    check_output_free(args.output, args.overwrite)
+    data_options = {k: options.pop(k) for k in DATA_KEYS}
+    options["verbose"] = not args.quiet
+
+    train, task = read_labeled(args.train_file, task=options["task"], **data_options)
+    multilabel = task == "multilabel"
+    check_metric(options["metric"], multilabel)
+    classes = check_classes(train.labels, multilabel, args.train_file)
+    splits = {}
+    for name in ("dev", "test"):
+        path = getattr(args, name)
+        if path:
+            splits[name], _ = read_labeled(path, task=task, **data_options)
+            check_known_labels(splits[name].labels, multilabel, classes, path)
+    if options["verbose"] and train.source["dropped_empty"]:
+        print(f"--drop-empty: skipped {train.source['dropped_empty']} rows with empty text in {args.train_file}", file=sys.stderr)
+
+    clf = TextClassifier(**{**options, "task": task})
+    dev = splits.get("dev")
+    clf.fit(
+        train.texts,
+        train.labels,
+        eval_set=(dev.texts, dev.labels) if dev else None,
+        data_info={"train": train.source, **({"dev": dev.source} if dev else {})},
+    )
+    if "test" in splits:
+        test = splits["test"]
+        clf.metrics_["test"] = clf.evaluate(test.texts, test.labels, where=args.test)
+        clf.data_["test"] = test.source
+    path = clf.save(args.output, overwrite=args.overwrite)
+
+    for split, metrics in clf.metrics_.items():
+        render(metrics, clf.classes_, f"{split} ({metrics['rows']} texts)")
+    t = clf.training_
+    print(f"best epoch {clf.best_epoch_} of {len(clf.history_)}; trained {t['seconds']:.0f} s at "
+          f"{t['samples_per_s']:.0f} samples/s ({clf.precision_}, {t['device']}, {t['threads']} threads)")
+    print(f"saved model to {path}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- evaluate
+def _evaluate_parser(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score a saved model on a labelled file",
+        description="Accuracy, macro/micro/weighted F1, per-class precision/recall/F1/support and the confusion "
+        "matrix (multi-label: micro/macro F1, subset accuracy, per-label F1). Prints a table and writes "
+        "metrics.json and a PNG into --output-dir.",
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--output-dir", metavar="DIR", help="where metrics.json and the PNG go (default: ./eval-<FILE stem>)")
+    _add_data_flags(p)
+    p.set_defaults(run=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .artifact import atomic_write_text, read_record
+    from .data import check_known_labels, read_labeled
+    from .estimator import TextClassifier
+    from .metrics import plot, render
+
+    record = read_record(args.model_dir)
+    data, _ = read_labeled(
+        args.file,
+        text_column=args.text_column or "text",
+        label_column=args.label_column or "label",
+        task=record["task"],
+        label_sep=args.label_sep or "|",
+        drop_empty=bool(args.drop_empty),
+    )
+    check_known_labels(data.labels, record["task"] == "multilabel", record["classes"], args.file)
+    clf = TextClassifier.load(args.model_dir)
+    clf.verbose = False
+    metrics = clf.evaluate(data.texts, data.labels, where=args.file)
+    out_dir = args.output_dir or f"eval-{Path(args.file).stem}"
+    os.makedirs(out_dir, exist_ok=True)
+    report = {"model": os.path.abspath(args.model_dir), "data": data.source, "classes": clf.classes_, **metrics}
+    atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    png = os.path.join(out_dir, "confusion_matrix.png" if "confusion_matrix" in metrics else "per_label_f1.png")
+    plot(metrics, clf.classes_, png)
+    render(metrics, clf.classes_, f"{args.file} ({metrics['rows']} texts)")
+    print(f"wrote {os.path.join(out_dir, 'metrics.json')} and {png}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- predict
+def _predict_parser(sub) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="label the texts of a file (or stdin) with a saved model",
+        description="Adds to each input row the predicted label(s) ('predicted') and the probability of every "
+        "class ('prob_<class>', in the model's label order). FILE is CSV, TSV, JSONL or Parquet with a text "
+        "column, or '-' for one text per line on stdin. Output by extension of -o, or JSONL on stdout.",
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("file", metavar="FILE", help="input file, or - for stdin (one text per line)")
+    p.add_argument("--output", "-o", metavar="OUT", help="output .csv/.tsv/.jsonl/.parquet (default: JSONL on stdout)")
+    p.add_argument("--text-column", default="text", help="column holding the text (default: text)")
+    p.add_argument("--top-k", type=int, metavar="K", help="also list the K most probable classes per text")
+    p.set_defaults(run=cmd_predict)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .artifact import read_record
+    from .data import read_table, read_texts
+    from .estimator import TextClassifier
+    from .predict import output_format, prediction_frame, write_frame
+
+    read_record(args.model_dir)
+    if args.output not in (None, "-"):
+        output_format(args.output)
+    if args.top_k is not None and args.top_k < 1:
+        raise BertclfError(f"--top-k {args.top_k}: must be at least 1")
+    if args.file == "-":
+        texts = [line.rstrip("\r\n") for line in sys.stdin]
+        inputs = pd.DataFrame({"text": texts})
+    else:
+        table = read_table(args.file)
+        texts, _ = read_texts(table, args.text_column, empty="keep")
+        inputs = table.frame
+    empty = sum(1 for t in texts if not t.strip())
+    if empty:
+        print(f"warning: {empty} empty text(s) were scored as empty strings", file=sys.stderr)
+    clf = TextClassifier.load(args.model_dir)
+    clf.verbose = args.output not in (None, "-")
+    predicted, probs = clf.predict_with_proba(texts)
+    flat = args.output not in (None, "-") and output_format(args.output) in ("csv", "tsv")
+    frame = prediction_frame(inputs, probs, predicted, clf.classes_, args.top_k, flat)
+    write_frame(frame, args.output)
+    if args.output not in (None, "-"):
+        print(f"wrote {len(frame)} predictions to {args.output}", file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- info
+def _info_parser(sub) -> None:
+    p = sub.add_parser("info", help="show a saved model's labels, task, base model, data and metrics")
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("--json", action="store_true", help="print the whole bertclf.json record")
+    p.set_defaults(run=cmd_info)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .artifact import read_record
+    from .metrics import headline
+
+    record = read_record(args.model_dir)
+    if args.json:
+        print(json.dumps(record, indent=2, ensure_ascii=False))
+        return 0
+    print(f"model dir   {os.path.abspath(args.model_dir)}")
+    print(f"task        {record['task']} ({len(record['classes'])} classes)")
+    print(f"labels      {', '.join(record['classes'])}")
+    print(f"base model  {record['base_model']}")
+    print(f"precision   {record['precision']}; best epoch {record['best_epoch']} of {len(record['history'])}")
+    for split, source in record["data"].items():
+        if isinstance(source, dict):
+            fingerprint = f" sha256 {source['sha256'][:16]}…" if source.get("sha256") else ""
+            where = source.get("path") or source.get("split", "")
+            print(f"data {split:<6} {source.get('rows', '?')} rows {where}{fingerprint}")
+    for split, metrics in record["metrics"].items():
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in headline(metrics).items())
+        print(f"{split:<11} {shown}")
+    print(f"versions    {', '.join(f'{k} {v}' for k, v in record['versions'].items())}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bertclf",
+        description="Fine-tune, evaluate and run BERT-family text classifiers.",
+    )
+    parser.add_argument("--version", action="version", version=f"bertclf {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_train_parser, _evaluate_parser, _predict_parser, _info_parser):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _quiet_transformers()
+        return args.run(args)
+    except BertclfError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,298 @@
+"""The Python API: a scikit-learn-shaped estimator over the pipeline stages.
+
+Constructor arguments are the hyperparameters and nothing else; everything learned by :meth:`fit`
+ends in an underscore. The CLI is a thin layer over this class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import artifact
+from .batching import encode
+from .data import check_classes, check_known_labels, content_sha256, infer_task, label_counts
+from .errors import BertclfError
+from .metrics import check_metric, compute
+from .modeling import DEFAULT_MODEL, device_type, load_classifier, resolve_model
+from .predict import decide, predict_logits, probabilities
+
+
+@dataclass(eq=False)
+class TextClassifier:
+    """Fine-tune a BERT-family encoder for binary, multi-class or multi-label text classification."""
+
+    model: str | None = None  # HF id or local dir; None = the packaged all-MiniLM-L6-v2
+    task: str = "auto"  # auto | binary | multiclass | multilabel
+    max_length: int = 256  # tokens per text, special tokens included; longer texts are truncated (and counted)
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    patience: int = 2  # epochs without dev improvement before stopping; 0 = never stop early
+    metric: str = "macro_f1"  # dev metric that picks the best epoch
+    val_fraction: float = 0.2  # seeded stratified dev split when no eval_set is given; 0 = no dev set
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    verbose: bool = True
+
+    # ------------------------------------------------------------------ sklearn contract
+    def get_params(self, deep: bool = True) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def set_params(self, **params) -> TextClassifier:
+        for name, value in params.items():
+            if name not in self.get_params():
+                raise BertclfError(f"unknown parameter '{name}'; known: {', '.join(self.get_params())}")
+            setattr(self, name, value)
+        return self
+
+    # ------------------------------------------------------------------ fit
+    def fit(
+        self,
+        texts: Sequence[str],
+        labels: Sequence,
+        eval_set: tuple[Sequence[str], Sequence] | None = None,
+        *,
+        data_info: dict | None = None,
+    ) -> TextClassifier:
+        """Train on ``texts``/``labels``; pick the best epoch on ``eval_set`` (or a seeded split of the data).
+
+        ``labels`` are class names, or lists of names for multi-label. ``data_info`` lets a caller record
+        file fingerprints ({"train": {...}, "dev": {...}}) instead of the content hashes used by default.
+        """
+        from accelerate.utils import set_seed
+
+        self._check_params()
+        texts = _checked_texts(texts, "training texts")
+        if len(labels) != len(texts):
+            raise BertclfError(f"{len(texts)} texts but {len(labels)} labels; pass one label (or list) per text")
+        self.task_ = infer_task(labels, self.task, label_sep=None)
+        labels = _as_names(labels, self.task_ == "multilabel")
+        multilabel = self.task_ == "multilabel"
+        check_metric(self.metric, multilabel)
+        self.classes_ = check_classes(labels, multilabel, "training data")
+        if self.task_ == "binary" and len(self.classes_) != 2:
+            raise BertclfError(f"--task binary but the training labels have {len(self.classes_)} classes; use multiclass")
+
+        data_info = dict(data_info or {})
+        if eval_set is not None:
+            dev_texts = _checked_texts(eval_set[0], "dev texts")
+            dev_labels = _as_names(eval_set[1], multilabel)
+            check_known_labels(dev_labels, multilabel, self.classes_, data_info.get("dev", {}).get("path", "dev data"))
+            train_texts, train_labels = texts, labels
+        elif self.val_fraction > 0:
+            train_idx, dev_idx, how = _split(labels, multilabel, self.val_fraction, self.seed)
+            train_texts, train_labels = [texts[i] for i in train_idx], [labels[i] for i in train_idx]
+            dev_texts, dev_labels = [texts[i] for i in dev_idx], [labels[i] for i in dev_idx]
+            data_info.setdefault("dev", {})["split"] = f"{how} {self.val_fraction:g} of the training data, seed {self.seed}"
+            self._say(f"no dev set given: holding out a {how} {self.val_fraction:.0%} of the training data (seed {self.seed})")
+        else:
+            train_texts, train_labels, dev_texts, dev_labels = texts, labels, None, None
+
+        set_seed(self.seed)  # before the head is created, so its initial weights are reproducible
+        source = resolve_model(self.model)
+        tokenizer, model = load_classifier(source, self.classes_, multilabel)
+        if self.max_length > tokenizer.model_max_length:
+            raise BertclfError(
+                f"--max-length {self.max_length} exceeds the model's limit of {tokenizer.model_max_length} tokens"
+            )
+        self._say(f"model {self.model or DEFAULT_MODEL}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+                  f"task {self.task_}, {len(self.classes_)} classes, {len(train_texts)} train / "
+                  f"{len(dev_texts) if dev_texts else 0} dev texts")
+
+        train_encoded = encode(tokenizer, train_texts, self.max_length)
+        dev_encoded = encode(tokenizer, dev_texts, self.max_length) if dev_texts else None
+        self.truncated_ = {"train": train_encoded.truncated, "dev": dev_encoded.truncated if dev_encoded else 0}
+        if any(self.truncated_.values()):
+            self._say(f"truncated to {self.max_length} tokens: {self.truncated_['train']} train and "
+                      f"{self.truncated_['dev']} dev texts (raise --max-length to keep more)")
+
+        from .train import train
+
+        result = train(
+            model,
+            train_encoded,
+            self._targets(train_labels),
+            dev_encoded,
+            self._targets(dev_labels).numpy() if dev_labels is not None else None,
+            classes=self.classes_,
+            multilabel=multilabel,
+            pad_id=tokenizer.pad_token_id,
+            params=self,
+        )
+        tokenizer.model_max_length = self.max_length  # the artifact's tokenizer truncates as training did
+        self.model_, self.tokenizer_ = result.model, tokenizer
+        self.thresholds_ = [0.5] * len(self.classes_) if multilabel else None
+        self.precision_ = result.precision
+        self.history_, self.best_epoch_ = result.history, result.best_epoch
+        self.training_ = {
+            "seconds": round(result.train_seconds, 2),
+            "samples_per_s": result.samples_per_s,
+            "stopped_early": result.stopped_early,
+            "device": device_type(),
+            "threads": torch.get_num_threads(),
+        }
+        self.data_ = {
+            "train": data_info.get("train", {"rows": len(texts), "sha256": content_sha256(texts, labels)}),
+            "train_rows_used": len(train_texts),
+            "label_counts": dict(sorted(label_counts(train_labels, multilabel).items())),
+        }
+        if dev_texts:
+            self.data_["dev"] = {"rows": len(dev_texts), **data_info.get("dev", {})}
+        # Final dev metrics come from the saved fp32 weights through the same path as predict().
+        self.metrics_ = {"dev": self.evaluate(dev_texts, dev_labels)} if dev_texts else {}
+        return self
+
+    # ------------------------------------------------------------------ predict
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Probabilities, one column per class in ``classes_`` order (= the artifact's id2label)."""
+        return self.predict_with_proba(texts)[1]
+
+    def predict(self, texts: Sequence[str]) -> list:
+        """Label names in input order; lists of names for multi-label (per-label thresholds)."""
+        return self.predict_with_proba(texts)[0]
+
+    def predict_with_proba(self, texts: Sequence[str]) -> tuple[list, np.ndarray]:
+        """Labels and probabilities from one forward pass over ``texts``."""
+        logits = self._logits(texts)
+        multilabel = self.task_ == "multilabel"
+        return self._names(decide(logits, multilabel, self.thresholds_)), probabilities(logits, multilabel)
+
+    def evaluate(self, texts: Sequence[str], labels: Sequence, where: str = "evaluation data") -> dict:
+        """Accuracy, F1 (macro/micro/weighted), per-class scores and the confusion matrix."""
+        multilabel = self.task_ == "multilabel"
+        labels = _as_names(labels, multilabel)
+        check_known_labels(labels, multilabel, self.classes_, where)
+        predicted = decide(self._logits(texts), multilabel, self.thresholds_)
+        return compute(self._targets(labels).numpy(), predicted, self.classes_, multilabel)
+
+    # ------------------------------------------------------------------ artifact
+    def save(self, path: str, overwrite: bool = False, extra: dict | None = None) -> str:
+        """Write a transformers-loadable directory plus ``bertclf.json``; atomic (see :mod:`artifact`)."""
+        self._check_fitted()
+        record = {
+            "task": self.task_,
+            "classes": self.classes_,
+            "thresholds": self.thresholds_,
+            "base_model": self.model or DEFAULT_MODEL,
+            "params": self.get_params(),
+            "precision": self.precision_,
+            "data": self.data_,
+            "truncated": self.truncated_,
+            "history": self.history_,
+            "best_epoch": self.best_epoch_,
+            "training": self.training_,
+            "metrics": self.metrics_,
+            **(extra or {}),
+        }
+        with artifact.atomic_directory(path, overwrite) as tmp:
+            artifact.write(tmp, self.model_, self.tokenizer_, record)
+        return os.path.abspath(path)
+
+    @classmethod
+    def load(cls, path: str) -> TextClassifier:
+        """Rebuild a fitted classifier from a directory written by :meth:`save`."""
+        record = artifact.read_record(path)
+        tokenizer, model = load_classifier(path)
+        names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        if names != record["classes"]:
+            raise BertclfError(f"{path}: config.json labels {names} disagree with bertclf.json {record['classes']}; the artifact was edited")
+        known = {f.name for f in dataclasses.fields(cls)}
+        clf = cls(**{k: v for k, v in record["params"].items() if k in known})
+        clf.model_, clf.tokenizer_ = model.to(device_type()).eval(), tokenizer
+        clf.task_, clf.classes_, clf.thresholds_ = record["task"], record["classes"], record["thresholds"]
+        clf.precision_, clf.data_, clf.truncated_ = record["precision"], record["data"], record["truncated"]
+        clf.history_, clf.best_epoch_ = record["history"], record["best_epoch"]
+        clf.training_, clf.metrics_ = record["training"], record["metrics"]
+        clf.record_ = record
+        return clf
+
+    # ------------------------------------------------------------------ helpers
+    def _logits(self, texts: Sequence[str]) -> np.ndarray:
+        self._check_fitted()
+        texts = [t if isinstance(t, str) else _not_a_string(t) for t in texts]
+        encoded = encode(self.tokenizer_, texts, self.max_length)
+        return predict_logits(self.model_, encoded, self.tokenizer_.pad_token_id, progress=self.verbose and len(texts) > 5000)
+
+    def _targets(self, labels: Sequence) -> torch.Tensor:
+        index = {name: i for i, name in enumerate(self.classes_)}
+        if self.task_ != "multilabel":
+            return torch.tensor([index[y] for y in labels], dtype=torch.long)
+        hot = torch.zeros((len(labels), len(self.classes_)), dtype=torch.float32)
+        for row, names in enumerate(labels):
+            hot[row, [index[n] for n in names]] = 1.0
+        return hot
+
+    def _names(self, decided: np.ndarray) -> list:
+        if self.task_ == "multilabel":
+            return [[self.classes_[j] for j in np.flatnonzero(row)] for row in decided]
+        return [self.classes_[i] for i in decided]
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise BertclfError("this TextClassifier is not fitted yet; call fit() or TextClassifier.load(dir)")
+
+    def _check_params(self) -> None:
+        rules = {
+            "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
+            "grad_accum": self.grad_accum >= 1, "max_length": self.max_length >= 8,
+            "val_fraction": 0 <= self.val_fraction < 1, "warmup_ratio": 0 <= self.warmup_ratio < 1,
+            "weight_decay": self.weight_decay >= 0, "patience": self.patience >= 0,
+        }
+        bad = [name for name, ok in rules.items() if not ok]
+        if bad:
+            name = bad[0]
+            raise BertclfError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is out of range; see 'bertclf train --help'")
+
+    def _say(self, message: str) -> None:
+        if self.verbose:
+            print(message, file=sys.stderr)
+
+
+def _not_a_string(value) -> str:
+    raise BertclfError(f"texts must be strings, got {type(value).__name__} ({value!r:.40})")
+
+
+def _as_names(labels: Sequence, multilabel: bool) -> list:
+    """Labels as strings (names are what the artifact stores); lists of strings for multi-label."""
+    if not multilabel:
+        return [str(y) for y in labels]
+    bad = [i for i, y in enumerate(labels) if isinstance(y, str) or not hasattr(y, "__iter__")]
+    if bad:
+        raise BertclfError(f"multi-label labels must be lists of names; positions {bad[:10]} are not")
+    return [sorted({str(name) for name in y}) for y in labels]
+
+
+def _checked_texts(texts: Sequence[str], what: str) -> list[str]:
+    texts = list(texts)
+    if not texts:
+        raise BertclfError(f"no {what}; pass at least one")
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    if bad:
+        raise BertclfError(f"{what} at positions {bad[:10]} are empty or not strings; remove or fill them")
+    return texts
+
+
+def _split(labels: Sequence, multilabel: bool, fraction: float, seed: int) -> tuple[list[int], list[int], str]:
+    """Seeded dev split, stratified by class where every class has at least two examples."""
+    from sklearn.model_selection import train_test_split
+
+    positions = list(range(len(labels)))
+    if not multilabel:
+        try:
+            train_idx, dev_idx = train_test_split(positions, test_size=fraction, random_state=seed, stratify=list(labels))
+            return sorted(train_idx), sorted(dev_idx), "stratified"
+        except ValueError:
+            pass  # a class with a single example cannot be stratified; fall through to a random split
+    train_idx, dev_idx = train_test_split(positions, test_size=fraction, random_state=seed)
+    return sorted(train_idx), sorted(dev_idx), "random"

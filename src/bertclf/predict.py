@@ -1,0 +1,107 @@
+"""Stage 7 — predict: batched inference in input order, and the output files that carry it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .batching import Encoded, collate, token_budget_batches
+from .errors import BertclfError
+
+MAX_BATCH_TOKENS = 16384  # padded tokens per forward pass: large enough to keep the cores busy
+MAX_BATCH_ROWS = 256
+
+
+def predict_logits(model: torch.nn.Module, encoded: Encoded, pad_id: int, progress: bool = False) -> np.ndarray:
+    """Logits for every row, computed longest-first in token-budget batches, returned in input order."""
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = np.empty((len(encoded.input_ids), model.config.num_labels), dtype=np.float32)
+    batches = token_budget_batches(encoded.lengths, MAX_BATCH_TOKENS, MAX_BATCH_ROWS)
+    with torch.inference_mode():
+        for rows in tqdm(batches, desc="predict", disable=not progress, file=sys.stderr, leave=False):
+            batch = collate([encoded.input_ids[i] for i in rows], pad_id)
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+            out[rows] = logits.float().cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def probabilities(logits: np.ndarray, multilabel: bool) -> np.ndarray:
+    """Sigmoid per label for multi-label, softmax across classes otherwise (as the HF pipeline does)."""
+    t = torch.from_numpy(logits)
+    return (torch.sigmoid(t) if multilabel else torch.softmax(t, dim=-1)).numpy()
+
+
+def decide(logits: np.ndarray, multilabel: bool, thresholds: Sequence[float] | None = None) -> np.ndarray:
+    """Class ids (single-label) or a 0/1 indicator matrix (multi-label, per-label thresholds)."""
+    if not multilabel:
+        return logits.argmax(axis=1)
+    cut = np.asarray(thresholds if thresholds is not None else [0.5] * logits.shape[1])
+    return (probabilities(logits, True) >= cut).astype(int)
+
+
+def output_format(path: str) -> str:
+    suffix = os.path.splitext(path)[1].lower()
+    formats = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+    if suffix not in formats:
+        raise BertclfError(f"{path}: unknown output type '{suffix or '(none)'}'; use .csv, .tsv, .jsonl or .parquet")
+    return formats[suffix]
+
+
+def prediction_frame(
+    inputs: pd.DataFrame, probs: np.ndarray, predicted: list, classes: Sequence[str], top_k: int | None, flat: bool,
+    label_sep: str = "|",
+) -> pd.DataFrame:
+    """The input columns, then ``predicted``, a ``prob_<class>`` column per class, and optional top-k.
+
+    ``flat`` (CSV/TSV) joins multi-label predictions with ``label_sep`` and spreads top-k over columns.
+    """
+    frame = inputs.copy()
+    multilabel = bool(predicted) and isinstance(predicted[0], list)
+    frame["predicted"] = [label_sep.join(p) for p in predicted] if multilabel and flat else predicted
+    for j, name in enumerate(classes):
+        frame[f"prob_{name}"] = probs[:, j].astype(float)
+    if top_k:
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
+        if flat:
+            for r in range(order.shape[1]):
+                frame[f"top{r + 1}_label"] = [classes[i] for i in order[:, r]]
+                frame[f"top{r + 1}_prob"] = probs[np.arange(len(probs)), order[:, r]].astype(float)
+        else:
+            frame["top_k"] = [
+                [{"label": classes[i], "score": float(probs[row, i])} for i in order[row]] for row in range(len(probs))
+            ]
+    return frame
+
+
+def write_frame(frame: pd.DataFrame, path: str | None) -> None:
+    """Write atomically by extension; ``None`` or '-' streams JSONL to stdout."""
+    from .artifact import atomic_write_text
+
+    if path in (None, "-"):
+        for record in frame.to_dict(orient="records"):
+            sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+        return
+    fmt = output_format(path)
+    if fmt == "parquet":
+        tmp = f"{path}.tmp-{os.getpid()}"
+        try:
+            frame.to_parquet(tmp, index=False)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    elif fmt == "jsonl":
+        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in frame.to_dict(orient="records")))
+    else:
+        atomic_write_text(path, frame.to_csv(index=False, sep="," if fmt == "csv" else "\t"))
