@@ -1,0 +1,173 @@
+"""Each bad input gets one clear line, exit code 2, and nothing written."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from bertclf.cli import main
+
+GOOD = "text,label\na fine film,positive\na dull film,negative\ngreat fun,positive\nawful,negative\n"
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_refused(argv, capsys, tmp_path, *fragments):
+    code, _, err = run(argv, capsys)
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p], "a temporary artifact was left behind"
+    return lines[0]
+
+
+@pytest.fixture
+def train_cmd(tmp_path, tiny_model_dir):
+    def _cmd(train_file, *extra):
+        return ["train", train_file, "-o", tmp_path / "out", "--model", tiny_model_dir, "--epochs", "1", "--quiet", *extra]
+
+    return _cmd
+
+
+def test_missing_file(train_cmd, capsys, tmp_path):
+    assert_refused(train_cmd(tmp_path / "nope.csv"), capsys, tmp_path, "nope.csv: no such file")
+
+
+def test_unknown_extension(train_cmd, capsys, tmp_path, write):
+    assert_refused(train_cmd(write("data.xlsx", GOOD)), capsys, tmp_path, "unknown file type '.xlsx'", ".csv")
+
+
+def test_missing_text_column_lists_columns(train_cmd, capsys, tmp_path, write):
+    path = write("t.csv", "sentence,label\nhi,a\nho,b\n")
+    assert_refused(train_cmd(path), capsys, tmp_path, "no text column 'text'", "'sentence'", "--text-column")
+
+
+def test_missing_label_column(train_cmd, capsys, tmp_path, write):
+    path = write("t.csv", "text,category\nhi,a\nho,b\n")
+    assert_refused(train_cmd(path), capsys, tmp_path, "no label column 'label'", "'category'", "--label-column")
+
+
+def test_empty_file(train_cmd, capsys, tmp_path, write):
+    assert_refused(train_cmd(write("t.csv", "")), capsys, tmp_path, "t.csv: the file is empty")
+
+
+def test_header_only(train_cmd, capsys, tmp_path, write):
+    assert_refused(train_cmd(write("t.csv", "text,label\n")), capsys, tmp_path, "no data rows")
+
+
+def test_empty_text_names_rows_and_drop_empty_skips_them(train_cmd, capsys, tmp_path, write):
+    path = write("t.csv", GOOD + ",positive\n   ,negative\n")
+    assert_refused(train_cmd(path), capsys, tmp_path, "t.csv rows 6, 7", "empty text", "--drop-empty")
+    code, _, err = run(train_cmd(path, "--drop-empty", "--val-fraction", "0"), capsys)
+    assert code == 0, err
+    from bertclf.artifact import read_record
+
+    record = read_record(str(tmp_path / "out"))
+    assert record["data"]["train"]["dropped_empty"] == 2 and record["data"]["train"]["rows"] == 4
+
+
+def test_missing_label(train_cmd, capsys, tmp_path, write):
+    assert_refused(train_cmd(write("t.csv", GOOD + "no label here,\n")), capsys, tmp_path, "row 6", "missing label")
+
+
+def test_one_class_only(train_cmd, capsys, tmp_path, write):
+    path = write("t.csv", "text,label\na,pos\nb,pos\nc,pos\n")
+    assert_refused(train_cmd(path), capsys, tmp_path, "only one class ('pos')")
+
+
+@pytest.mark.parametrize("flag", ["--dev", "--test"])
+def test_unseen_label_in_dev_or_test(train_cmd, capsys, tmp_path, write, flag):
+    other = write("other.csv", "text,label\nmeh,neutral\nfine,positive\n")
+    assert_refused(train_cmd(write("t.csv", GOOD), flag, other), capsys, tmp_path, "other.csv", "'neutral'", "never occur")
+
+
+def test_non_utf8_names_the_line(train_cmd, capsys, tmp_path, write):
+    path = write("t.csv", GOOD.encode() + "caf\xe9 au lait,positive\n".encode("latin-1"))
+    assert_refused(train_cmd(path), capsys, tmp_path, "t.csv line 6", "0xE9", "UTF-8")
+
+
+def test_bom_prefixed_csv_is_read(tmp_path, write):
+    from bertclf.data import read_labeled
+
+    data, task = read_labeled(write("t.csv", "\ufeff" + GOOD))
+    assert task == "binary" and data.texts[0] == "a fine film"
+
+
+def test_malformed_jsonl_names_the_line(train_cmd, capsys, tmp_path, write):
+    path = write("t.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n{"text": "c", label: y}\n')
+    assert_refused(train_cmd(path), capsys, tmp_path, "t.jsonl line 3", "invalid JSON")
+
+
+def test_jsonl_number_and_string_labels_mixed(train_cmd, capsys, tmp_path, write):
+    path = write("t.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": "one"}\n{"text": "c", "label": 0}\n')
+    assert_refused(train_cmd(path), capsys, tmp_path, "lines 1, 3", "number here but a string elsewhere")
+
+
+def test_output_exists_needs_overwrite(train_cmd, capsys, tmp_path, write):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    code, _, err = run(train_cmd(write("t.csv", GOOD)), capsys)
+    assert code == 2 and "already exists; pass --overwrite" in err
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_model_path_that_is_not_a_model(capsys, tmp_path, write):
+    not_model = tmp_path / "not-a-model"
+    not_model.mkdir()
+    argv = ["train", write("t.csv", GOOD), "-o", tmp_path / "out", "--model", not_model, "--quiet"]
+    assert_refused(argv, capsys, tmp_path, "not a model directory (no config.json)")
+
+
+def test_pickle_only_checkpoint_is_refused(capsys, tmp_path, write, tiny_model_dir):
+    import shutil
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, pickled)
+    os.remove(pickled / "model.safetensors")
+    (pickled / "pytorch_model.bin").write_bytes(b"not really")
+    argv = ["train", write("t.csv", GOOD), "-o", tmp_path / "out", "--model", pickled, "--quiet"]
+    assert_refused(argv, capsys, tmp_path, "pytorch_model.bin", "safetensors only")
+
+
+def test_duplicate_column_names(train_cmd, capsys, tmp_path, write):
+    assert_refused(train_cmd(write("t.csv", "text,label,text\na,b,c\n")), capsys, tmp_path, "duplicate column name(s) ['text']")
+
+
+def test_unclosed_quote(train_cmd, capsys, tmp_path, write):
+    assert_refused(train_cmd(write("t.csv", GOOD + '"never closed,positive\nmore,negative\n')), capsys, tmp_path, "malformed CSV")
+
+
+def test_multilabel_row_with_empty_label(train_cmd, capsys, tmp_path, write):
+    path = write("t.csv", "text,labels\na,joy|love\nb,anger||fear\nc,joy\n")
+    assert_refused(train_cmd(path), capsys, tmp_path, "t.csv row 3", "empty label in a multi-label row")
+
+
+def test_unknown_config_key(train_cmd, capsys, tmp_path, write):
+    config = write("c.yaml", "epochs: 2\nlearning_rate: 0.1\n")
+    assert_refused(train_cmd(write("t.csv", GOOD), "--config", config), capsys, tmp_path, "unknown key(s) ['learning_rate']")
+
+
+def test_max_length_beyond_the_model(train_cmd, capsys, tmp_path, write):
+    assert_refused(train_cmd(write("t.csv", GOOD), "--max-length", "4096"), capsys, tmp_path, "exceeds the model's limit of 512")
+
+
+def test_predict_refuses_missing_text_column(capsys, tmp_path, write):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "bertclf.json").write_text("{}")
+    code, _, err = run(["predict", model, write("p.csv", "body\nhello\n"), "-o", tmp_path / "p_out.csv"], capsys)
+    assert code == 2 and "no text column 'text'" in err and "'body'" in err
+    assert not (tmp_path / "p_out.csv").exists()
+
+
+def test_evaluate_refuses_a_directory_that_is_not_a_bertclf_model(capsys, tmp_path, write, tiny_model_dir):
+    code, _, err = run(["evaluate", tiny_model_dir, write("t.csv", GOOD)], capsys)
+    assert code == 2 and "not a bertclf model (no bertclf.json)" in err

@@ -1,0 +1,177 @@
+"""Binary, multi-class and multi-label end to end on small real subsets, with the tiny random model."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bertclf import TextClassifier
+from bertclf.cli import main
+
+from .conftest import subset
+
+FAST = dict(epochs=2, batch_size=16, lr=1e-3, max_length=64, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def sst_binary(tmp_path_factory, tiny_model_dir):
+    """One fitted and saved binary classifier shared by the API tests."""
+    train, dev = subset("sst2_sentences", "train", 240), subset("sst2_sentences", "dev", 80)
+    clf = TextClassifier(model=tiny_model_dir, **FAST)
+    clf.fit(train.text.tolist(), train.label.tolist(), eval_set=(dev.text.tolist(), dev.label.tolist()))
+    path = tmp_path_factory.mktemp("artifacts") / "sst"
+    clf.save(str(path))
+    return clf, str(path), dev
+
+
+def test_artifact_layout_and_record(sst_binary):
+    clf, path, dev = sst_binary
+    assert {"config.json", "model.safetensors", "tokenizer.json", "bertclf.json"} <= set(os.listdir(path))
+    record = json.load(open(os.path.join(path, "bertclf.json")))
+    assert record["task"] == "binary" and record["classes"] == ["negative", "positive"]
+    assert len(record["history"]) == 2 and 1 <= record["best_epoch"] <= 2
+    assert record["data"]["train"]["rows"] == 240 and len(record["data"]["train"]["sha256"]) == 64
+    assert record["metrics"]["dev"]["rows"] == 80 and "accuracy" in record["metrics"]["dev"]
+    assert record["versions"]["torch"].startswith("2.13.0")
+    config = json.load(open(os.path.join(path, "config.json")))
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    assert config["problem_type"] == "single_label_classification"
+    assert not [p for p in os.listdir(os.path.dirname(path)) if ".tmp-" in p]
+
+
+def test_proba_columns_follow_classes_and_id2label(sst_binary):
+    clf, path, dev = sst_binary
+    probs = clf.predict_proba(dev.text.tolist())
+    assert probs.shape == (80, 2) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert [clf.model_.config.id2label[i] for i in range(2)] == clf.classes_
+    predicted = clf.predict(dev.text.tolist())
+    assert predicted == [clf.classes_[i] for i in probs.argmax(axis=1)]
+
+
+def test_pipeline_loads_the_artifact_with_real_label_names(sst_binary):
+    from transformers import pipeline
+
+    clf, path, dev = sst_binary
+    texts = dev.text.tolist()[:20]
+    out = pipeline("text-classification", model=path, top_k=None)(texts)
+    ours = clf.predict_proba(texts)
+    for row, scores in zip(ours, out):
+        by_name = {s["label"]: s["score"] for s in scores}
+        assert set(by_name) == {"negative", "positive"}
+        assert np.allclose([by_name[c] for c in clf.classes_], row, atol=1e-4)
+
+
+def test_predictions_come_back_in_input_order(sst_binary):
+    clf, _, dev = sst_binary
+    texts = dev.text.tolist()
+    permutation = np.random.default_rng(3).permutation(len(texts))
+    shuffled = clf.predict_proba([texts[i] for i in permutation])
+    assert np.allclose(shuffled, clf.predict_proba(texts)[permutation], atol=1e-5)
+
+
+def test_load_round_trip_gives_identical_probabilities(sst_binary):
+    clf, path, dev = sst_binary
+    loaded = TextClassifier.load(path)
+    assert loaded.classes_ == clf.classes_ and loaded.get_params()["lr"] == FAST["lr"]
+    assert np.allclose(loaded.predict_proba(dev.text.tolist()), clf.predict_proba(dev.text.tolist()), atol=1e-6)
+
+
+def test_same_seed_same_metrics(tiny_model_dir):
+    train = subset("sst2_sentences", "train", 160, seed=5)
+    runs = [
+        TextClassifier(model=tiny_model_dir, seed=11, **FAST).fit(train.text.tolist(), train.label.tolist())
+        for _ in range(2)
+    ]
+    assert runs[0].history_[-1]["train_loss"] == runs[1].history_[-1]["train_loss"]
+    assert runs[0].metrics_["dev"] == runs[1].metrics_["dev"]
+    other = TextClassifier(model=tiny_model_dir, seed=12, **FAST).fit(train.text.tolist(), train.label.tolist())
+    assert other.history_[-1]["train_loss"] != runs[0].history_[-1]["train_loss"]
+
+
+def test_multiclass_cli_train_evaluate_predict_info(tmp_path, write, tiny_model_dir, capsys):
+    train = write("train.csv", subset("trec", "train", 300))
+    test_frame = subset("trec", "test", 60, seed=1)
+    test = write("test.csv", test_frame)
+    model = tmp_path / "trec-model"
+    config = write("c.yaml", "epochs: 2\nlr: 1e-3\nbatch-size: 8\nmax_length: 48\n")
+    assert main(["train", train, "--test", test, "-o", str(model), "--model", tiny_model_dir,
+                 "--config", config, "--batch-size", "16", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "saved model to" in out and f"test ({len(test_frame)} texts)" in out
+    record = json.load(open(model / "bertclf.json"))
+    assert record["task"] == "multiclass" and record["classes"] == ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
+    assert record["params"]["batch_size"] == 16 and record["params"]["lr"] == 1e-3  # flag beats config
+    assert record["params"]["max_length"] == 48 and "split" in record["data"]["dev"]  # seeded split, no --dev
+    assert record["metrics"]["test"]["rows"] == len(test_frame)
+
+    assert main(["evaluate", str(model), test, "--output-dir", str(tmp_path / "ev")]) == 0
+    metrics = json.load(open(tmp_path / "ev" / "metrics.json"))
+    assert metrics["accuracy"] == pytest.approx(record["metrics"]["test"]["accuracy"])
+    assert len(metrics["confusion_matrix"]) == 6 and set(metrics["per_class"]) == set(record["classes"])
+    assert os.path.getsize(tmp_path / "ev" / "confusion_matrix.png") > 1000
+
+    for suffix in ("csv", "jsonl", "parquet"):
+        out_path = tmp_path / f"pred.{suffix}"
+        assert main(["predict", str(model), test, "-o", str(out_path), "--top-k", "2"]) == 0
+        frame = {"csv": pd.read_csv, "jsonl": lambda p: pd.read_json(p, lines=True), "parquet": pd.read_parquet}[suffix](out_path)
+        assert frame["text"].tolist() == test_frame["text"].tolist()  # input order and columns kept
+        probs = frame[[f"prob_{c}" for c in record["classes"]]].to_numpy()
+        assert np.allclose(probs.sum(axis=1), 1, atol=1e-4)
+        assert (frame["predicted"] == [record["classes"][i] for i in probs.argmax(axis=1)]).all()
+    capsys.readouterr()
+    assert main(["info", str(model)]) == 0
+    info = capsys.readouterr().out
+    assert "multiclass (6 classes)" in info and "ABBR, DESC" in info and "sha256" in info
+
+
+def test_predict_stdin_to_stdout_jsonl(sst_binary, capsys, monkeypatch):
+    import io
+
+    _, path, _ = sst_binary
+    monkeypatch.setattr("sys.stdin", io.StringIO("a wonderful film\n\nterrible\n"))
+    assert main(["predict", path, "-"]) == 0
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert [r["text"] for r in rows] == ["a wonderful film", "", "terrible"]
+    assert all(r["predicted"] in ("negative", "positive") for r in rows)
+    assert "1 empty text(s)" in captured.err
+
+
+def test_multilabel_end_to_end(tmp_path, write, tiny_model_dir, capsys):
+    frame = subset("goemotions", "train", 400, label_column="labels")
+    dev = subset("goemotions", "dev", 100, label_column="labels")
+    train_path, dev_path = write("train.csv", frame), write("dev.jsonl", dev.assign(labels=dev["labels"].str.split("|")))
+    model = tmp_path / "ge"
+    assert main(["train", train_path, "--dev", dev_path, "-o", str(model), "--model", tiny_model_dir,
+                 "--epochs", "1", "--lr", "1e-3", "--max-length", "48", "--quiet"]) == 0
+    record = json.load(open(model / "bertclf.json"))
+    assert record["task"] == "multilabel" and len(record["thresholds"]) == len(record["classes"])
+    assert {"micro_f1", "macro_f1", "subset_accuracy"} <= set(record["metrics"]["dev"])
+    config = json.load(open(model / "config.json"))
+    assert config["problem_type"] == "multi_label_classification"
+
+    clf = TextClassifier.load(str(model))
+    probs = clf.predict_proba(dev.text.tolist())
+    assert probs.shape == (100, len(clf.classes_)) and not np.allclose(probs.sum(axis=1), 1)  # sigmoid per label
+    predicted = clf.predict(dev.text.tolist())
+    assert all(set(p) == {c for c, q in zip(clf.classes_, row) if q >= 0.5} for p, row in zip(predicted, probs))
+
+    out = tmp_path / "pred.jsonl"
+    assert main(["predict", str(model), dev_path, "-o", str(out)]) == 0
+    rows = [json.loads(line) for line in open(out)]
+    assert all(isinstance(r["predicted"], list) for r in rows)
+    assert main(["evaluate", str(model), dev_path, "--output-dir", str(tmp_path / "ev")]) == 0
+    assert (tmp_path / "ev" / "per_label_f1.png").exists()
+
+
+def test_api_refuses_empty_texts_and_unfitted_use(tiny_model_dir):
+    from bertclf import BertclfError
+
+    with pytest.raises(BertclfError, match="not fitted"):
+        TextClassifier().predict(["hello"])
+    with pytest.raises(BertclfError, match=r"positions \[1\]"):
+        TextClassifier(model=tiny_model_dir).fit(["good", "  ", "bad"], ["p", "n", "n"])
