@@ -175,3 +175,11 @@ def test_api_refuses_empty_texts_and_unfitted_use(tiny_model_dir):
         TextClassifier().predict(["hello"])
     with pytest.raises(BertclfError, match=r"positions \[1\]"):
         TextClassifier(model=tiny_model_dir).fit(["good", "  ", "bad"], ["p", "n", "n"])
+
+
+def test_a_second_fit_in_one_process_can_change_precision_and_accumulation(tiny_model_dir):
+    train = subset("sst2_sentences", "train", 64, seed=2)
+    texts, labels = train.text.tolist(), train.label.tolist()
+    TextClassifier(model=tiny_model_dir, **{**FAST, "epochs": 1}).fit(texts, labels)
+    clf = TextClassifier(model=tiny_model_dir, precision="fp32", grad_accum=2, **{**FAST, "epochs": 1}).fit(texts, labels)
+    assert clf.precision_ == "fp32"

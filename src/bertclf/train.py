@@ -61,9 +61,14 @@ def train(
 ) -> TrainResult:
     """Fine-tune ``model`` with the hyperparameters of ``params`` (a :class:`TextClassifier`)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from transformers import get_linear_schedule_with_warmup
 
     precision = resolve_precision(params.precision, device_type())
+    # accelerate keeps process-wide state; a second fit() in one process may ask for another precision or
+    # accumulation. The process group itself (PartialState) is kept, so multi-process runs are unaffected.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     accelerator = Accelerator(
         mixed_precision="no" if precision == "fp32" else precision,
         gradient_accumulation_steps=params.grad_accum,

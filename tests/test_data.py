@@ -1,0 +1,64 @@
+"""Readers for every format, task inference, config merging, precision choice."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from bertclf import BertclfError
+from bertclf.config import merge
+from bertclf.data import read_labeled
+from bertclf.modeling import resolve_precision
+
+from .conftest import dataset
+
+ROWS = pd.DataFrame({"text": ["good", "bad", "NA", "meh"], "label": ["pos", "neg", "pos", "neutral"]})
+
+
+@pytest.mark.parametrize("name", ["d.csv", "d.tsv", "d.jsonl", "d.parquet"])
+def test_every_format_reads_the_same(write, name):
+    data, task = read_labeled(write(name, ROWS))
+    assert data.texts == ["good", "bad", "NA", "meh"]  # the text "NA" is a text, not a missing value
+    assert data.labels == ["pos", "neg", "pos", "neutral"] and task == "multiclass"
+    assert data.source["rows"] == 4 and len(data.source["sha256"]) == 64
+
+
+def test_multilabel_from_lists_and_from_joined_strings(write):
+    listed = pd.DataFrame({"text": ["a", "b"], "labels": [["joy", "love"], ["anger"]]})
+    joined = pd.DataFrame({"text": ["a", "b"], "labels": ["love|joy", "anger"]})
+    for name, frame in (("l.jsonl", listed), ("l.parquet", listed), ("j.csv", joined)):
+        data, task = read_labeled(write(name, frame))
+        assert task == "multilabel" and data.labels == [["joy", "love"], ["anger"]], name
+
+
+def test_numeric_labels_become_names(write):
+    data, task = read_labeled(write("n.jsonl", pd.DataFrame({"text": ["a", "b", "c"], "label": [1, 0, 1]})))
+    assert task == "binary" and data.labels == ["1", "0", "1"]
+
+
+def test_real_files_with_quotes_and_embedded_newlines():
+    data, task = read_labeled(dataset("banking77", "train"))
+    assert task == "multiclass" and len(data.texts) == 10003 and len(set(data.labels)) == 77
+    assert any("\n" in t for t in data.texts)  # the one quoted text with a newline survives intact
+
+
+def test_forced_task_overrides_auto(write):
+    frame = pd.DataFrame({"text": ["a", "b", "c"], "label": ["x|y", "y", "x"]})
+    data, task = read_labeled(write("f.csv", frame), task="multiclass")
+    assert task == "multiclass" and data.labels == ["x|y", "y", "x"]
+
+
+def test_config_file_then_flags(write):
+    path = write("c.yaml", "lr: 2e-5\nmax-length: 64\nepochs: 5\ndrop_empty: true\n")
+    merged = merge(path, {"epochs": 2, "lr": None})
+    assert merged["lr"] == 2e-5 and isinstance(merged["lr"], float)  # YAML reads 2e-5 as a string
+    assert merged["max_length"] == 64 and merged["epochs"] == 2 and merged["drop_empty"] is True
+    with pytest.raises(BertclfError, match="epochs = 'many' is not a valid int"):
+        merge(write("bad.yaml", "epochs: many\n"), {})
+
+
+def test_precision_choice():
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    assert resolve_precision("auto", "cpu") in ("bf16", "fp32")
+    with pytest.raises(BertclfError, match="fp16 needs a CUDA GPU"):
+        resolve_precision("fp16", "cpu")
