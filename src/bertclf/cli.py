@@ -63,7 +63,7 @@ def _train_parser(sub) -> None:
         "max_length": (int, "tokens per text incl. special tokens; longer texts are truncated and counted"),
         "epochs": (int, "training epochs"),
         "batch_size": (int, "texts per optimizer step (times --grad-accum)"),
-        "lr": (float, "peak AdamW learning rate"),
+        "lr": (float, "peak AdamW learning rate; default: 1e-4 for small encoders (hidden ≤ 512), 3e-5 for larger"),
         "weight_decay": (float, "AdamW weight decay (not on biases and LayerNorm)"),
         "warmup_ratio": (float, "share of steps with linear warmup, then linear decay"),
         "grad_accum": (int, "gradient accumulation steps"),
@@ -72,7 +72,8 @@ def _train_parser(sub) -> None:
         "val_fraction": (float, "dev share held out (stratified) when there is no --dev; 0 = none"),
     }
     for name, (kind, text) in hyper.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{text} (default: {defaults[name]})")
+        shown = "" if defaults[name] is None else f" (default: {defaults[name]})"
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=text + shown)
     p.add_argument("--metric", choices=("accuracy", "macro_f1", "micro_f1", "weighted_f1", "subset_accuracy"),
                    help=f"dev metric that picks the best epoch (default: {defaults['metric']})")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
@@ -244,14 +245,14 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     print(f"model dir   {os.path.abspath(args.model_dir)}")
     print(f"task        {record['task']} ({len(record['classes'])} classes)")
-    print(f"labels      {', '.join(record['classes'])}")
+    counts = record["data"]["train"].get("label_counts", {})
+    print(f"labels      {', '.join(f'{c} ({counts[c]})' if c in counts else c for c in record['classes'])}")
     print(f"base model  {record['base_model']}")
     print(f"precision   {record['precision']}; best epoch {record['best_epoch']} of {len(record['history'])}")
     for split, source in record["data"].items():
-        if isinstance(source, dict):
-            fingerprint = f" sha256 {source['sha256'][:16]}…" if source.get("sha256") else ""
-            where = source.get("path") or source.get("split", "")
-            print(f"data {split:<6} {source.get('rows', '?')} rows {where}{fingerprint}")
+        fingerprint = f" sha256 {source['sha256'][:16]}…" if source.get("sha256") else ""
+        where = source.get("path") or source.get("split", "")
+        print(f"data {split:<6} {source.get('rows', '?')} rows {where}{fingerprint}")
     for split, metrics in record["metrics"].items():
         shown = "  ".join(f"{k} {v:.4f}" for k, v in headline(metrics).items())
         print(f"{split:<11} {shown}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import yaml
 
@@ -48,19 +49,27 @@ def merge(config_file: str | None, flags: dict) -> dict:
     return {key: _coerce(key, value, config_file) for key, value in merged.items()}
 
 
+def _kind(key: str) -> type:
+    """The type a key's value must have: the estimator's annotation (``float | None`` → float), else its default's."""
+    hint = typing.get_type_hints(TextClassifier).get(key)
+    if hint is None:
+        return type(DATA_KEYS[key])
+    return next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+
+
 def _coerce(key: str, value, source: str | None):
-    """Give a value the type of its default (YAML reads ``5e-5`` as a string, for one)."""
-    default = known_keys()[key]
-    if value is None or default is None or type(value) is type(default):
+    """Give a value its key's type (YAML reads ``5e-5`` as a string, for one)."""
+    kind = _kind(key)
+    if value is None or type(value) is kind:
         return value
     try:
-        if isinstance(default, bool):
-            if str(value).lower() in ("true", "yes", "1", "false", "no", "0"):
-                return str(value).lower() in ("true", "yes", "1")
+        if kind is bool:
+            if str(value).lower() not in ("true", "yes", "1", "false", "no", "0"):
+                raise ValueError
+            return str(value).lower() in ("true", "yes", "1")
+        if kind is int and float(value) != int(float(value)):
             raise ValueError
-        if isinstance(default, int) and float(value) != int(float(value)):
-            raise ValueError
-        return type(default)(float(value)) if isinstance(default, (int, float)) else type(default)(value)
+        return kind(float(value)) if kind in (int, float) else kind(value)
     except (TypeError, ValueError):
         where = f"{source}: " if source else ""
-        raise BertclfError(f"{where}{key} = {value!r} is not a valid {type(default).__name__}") from None
+        raise BertclfError(f"{where}{key} = {value!r} is not a valid {kind.__name__}") from None

@@ -33,7 +33,7 @@ class TextClassifier:
     max_length: int = 256  # tokens per text, special tokens included; longer texts are truncated (and counted)
     epochs: int = 3
     batch_size: int = 32
-    lr: float = 5e-5
+    lr: float | None = None  # peak AdamW rate; None: 1e-4 for small encoders (hidden ≤ 512), else 3e-5
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     grad_accum: int = 1
@@ -106,8 +106,9 @@ class TextClassifier:
             raise BertclfError(
                 f"--max-length {self.max_length} exceeds the model's limit of {tokenizer.model_max_length} tokens"
             )
+        self.lr_ = self.lr or default_lr(model.config)
         self._say(f"model {self.model or DEFAULT_MODEL}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
-                  f"task {self.task_}, {len(self.classes_)} classes, {len(train_texts)} train / "
+                  f"task {self.task_}, {len(self.classes_)} classes, lr {self.lr_:g}, {len(train_texts)} train / "
                   f"{len(dev_texts) if dev_texts else 0} dev texts")
 
         train_encoded = encode(tokenizer, train_texts, self.max_length)
@@ -129,6 +130,7 @@ class TextClassifier:
             multilabel=multilabel,
             pad_id=tokenizer.pad_token_id,
             params=self,
+            lr=self.lr_,
         )
         tokenizer.model_max_length = self.max_length  # the artifact's tokenizer truncates as training did
         self.model_, self.tokenizer_ = result.model, tokenizer
@@ -136,6 +138,7 @@ class TextClassifier:
         self.precision_ = result.precision
         self.history_, self.best_epoch_ = result.history, result.best_epoch
         self.training_ = {
+            "lr": self.lr_,
             "seconds": round(result.train_seconds, 2),
             "samples_per_s": result.samples_per_s,
             "stopped_early": result.stopped_early,
@@ -143,9 +146,11 @@ class TextClassifier:
             "threads": torch.get_num_threads(),
         }
         self.data_ = {
-            "train": data_info.get("train", {"rows": len(texts), "sha256": content_sha256(texts, labels)}),
-            "train_rows_used": len(train_texts),
-            "label_counts": dict(sorted(label_counts(train_labels, multilabel).items())),
+            "train": {
+                **data_info.get("train", {"rows": len(texts), "sha256": content_sha256(texts, labels)}),
+                "rows_used": len(train_texts),  # after the dev split, if one was held out
+                "label_counts": dict(sorted(label_counts(train_labels, multilabel).items())),
+            }
         }
         if dev_texts:
             self.data_["dev"] = {"rows": len(dev_texts), **data_info.get("dev", {})}
@@ -244,7 +249,7 @@ class TextClassifier:
 
     def _check_params(self) -> None:
         rules = {
-            "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
+            "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr is None or self.lr > 0,
             "grad_accum": self.grad_accum >= 1, "max_length": self.max_length >= 8,
             "val_fraction": 0 <= self.val_fraction < 1, "warmup_ratio": 0 <= self.warmup_ratio < 1,
             "weight_decay": self.weight_decay >= 0, "patience": self.patience >= 0,
@@ -261,6 +266,11 @@ class TextClassifier:
 
 def _not_a_string(value) -> str:
     raise BertclfError(f"texts must be strings, got {type(value).__name__} ({value!r:.40})")
+
+
+def default_lr(config) -> float:
+    """Small encoders (MiniLM, 384 wide) want a larger step than base-size BERTs (768+), which diverge at 1e-4."""
+    return 1e-4 if getattr(config, "hidden_size", 768) <= 512 else 3e-5
 
 
 def _as_names(labels: Sequence, multilabel: bool) -> list:

@@ -58,8 +58,9 @@ def train(
     multilabel: bool,
     pad_id: int,
     params,
+    lr: float,
 ) -> TrainResult:
-    """Fine-tune ``model`` with the hyperparameters of ``params`` (a :class:`TextClassifier`)."""
+    """Fine-tune ``model`` with the hyperparameters of ``params`` (a :class:`TextClassifier`) at peak ``lr``."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
     from transformers import get_linear_schedule_with_warmup
@@ -81,7 +82,7 @@ def train(
         batch_sampler=sampler,
         collate_fn=Collator(train_encoded, train_targets, pad_id),
     )
-    optimizer = _optimizer(model, params.lr, params.weight_decay)
+    optimizer = _optimizer(model, lr, params.weight_decay)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     total_steps = math.ceil(len(loader) / params.grad_accum) * params.epochs * accelerator.num_processes
     scheduler = accelerator.prepare(
