@@ -28,8 +28,10 @@ def check_output_free(output: str, overwrite: bool) -> None:
     if os.path.exists(output) and not os.path.isdir(output):
         raise BertclfError(f"{output}: exists and is not a directory; choose another --output")
     parent = os.path.dirname(os.path.abspath(output))
+    while not os.path.exists(parent):  # missing parents are created at save time; the nearest existing one counts
+        parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise BertclfError(f"{parent}: the output's parent directory does not exist; create it first")
+        raise BertclfError(f"{parent}: is a file, so --output cannot be created under it; choose another --output")
     if not os.access(parent, os.W_OK):
         raise BertclfError(f"{parent}: not writable; choose another --output")
 
@@ -40,6 +42,7 @@ def atomic_directory(output: str, overwrite: bool = False) -> Iterator[str]:
     output = os.path.abspath(output)
     check_output_free(output, overwrite)
     parent, name = os.path.split(output)
+    os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
     try:
         yield tmp
