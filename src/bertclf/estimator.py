@@ -20,7 +20,7 @@ from .batching import encode
 from .data import check_classes, check_known_labels, content_sha256, infer_task, label_counts
 from .errors import BertclfError
 from .metrics import check_metric, compute
-from .modeling import DEFAULT_MODEL, device_type, load_classifier, resolve_model
+from .modeling import DEFAULT_MODEL, device_type, load_classifier, resolve_model, training_attention
 from .predict import decide, predict_logits, probabilities
 
 
@@ -120,6 +120,8 @@ class TextClassifier:
 
         from .train import train
 
+        attention = training_attention(device_type(), train_encoded.lengths)
+        model.set_attn_implementation(attention)
         result = train(
             model,
             train_encoded,
@@ -133,6 +135,7 @@ class TextClassifier:
             lr=self.lr_,
         )
         tokenizer.model_max_length = self.max_length  # the artifact's tokenizer truncates as training did
+        result.model.set_attn_implementation("sdpa")  # the transformers default, for prediction and the artifact
         self.model_, self.tokenizer_ = result.model, tokenizer
         self.thresholds_ = [0.5] * len(self.classes_) if multilabel else None
         self.precision_ = result.precision
@@ -143,6 +146,7 @@ class TextClassifier:
             "samples_per_s": result.samples_per_s,
             "stopped_early": result.stopped_early,
             "device": device_type(),
+            "attention": attention,
             "threads": torch.get_num_threads(),
         }
         self.data_ = {
