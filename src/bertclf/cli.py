@@ -78,6 +78,8 @@ def _train_parser(sub) -> None:
                    help=f"dev metric that picks the best epoch (default: {defaults['metric']})")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
                    help="auto: bf16 on CPUs/GPUs that have it, fp16 on older GPUs, else fp32 (default: auto)")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the model: faster steps after a one-off compile (pays on long runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.set_defaults(run=cmd_train)
 

@@ -43,6 +43,7 @@ class TextClassifier:
     metric: str = "macro_f1"  # dev metric that picks the best epoch
     val_fraction: float = 0.2  # seeded stratified dev split when no eval_set is given; 0 = no dev set
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    compile: bool = False  # torch.compile the model: faster steps after a one-off compile of about a minute
     verbose: bool = True
 
     # ------------------------------------------------------------------ sklearn contract

@@ -63,6 +63,7 @@ def train(
     """Fine-tune ``model`` with the hyperparameters of ``params`` (a :class:`TextClassifier`) at peak ``lr``."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import TorchDynamoPlugin
     from transformers import get_linear_schedule_with_warmup
 
     precision = resolve_precision(params.precision, device_type())
@@ -73,6 +74,8 @@ def train(
     accelerator = Accelerator(
         mixed_precision="no" if precision == "fp32" else precision,
         gradient_accumulation_steps=params.grad_accum,
+        # dynamic=True: one compiled graph serves every padded batch width instead of one per width.
+        dynamo_plugin=TorchDynamoPlugin(backend="inductor", dynamic=True) if params.compile else None,
     )
     show = params.verbose and accelerator.is_main_process
 

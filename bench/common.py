@@ -1,0 +1,77 @@
+"""Helpers shared by the bench/ scripts: real datasets, peak RSS, matmul ceilings, result files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = Path(os.environ.get("BERTCLF_DATASETS", REPO.parent / "shared" / "datasets"))
+DOCS = REPO / "docs" / "benchmarks"
+
+
+def load_split(
+    name: str, dev_fraction: float = 0.1, seed: int = 42, max_train: int | None = None
+) -> dict[str, tuple[list[str], list[str]]]:
+    """train and dev (texts, labels); where a dataset has no dev file, a seeded stratified slice of train.
+
+    ``max_train`` keeps a seeded sample of the training rows (for smoke runs; recorded by the caller).
+    """
+    from sklearn.model_selection import train_test_split
+
+    folder = DATASETS / name
+    read = lambda split: pd.read_csv(folder / f"{split}.csv", dtype=str, keep_default_na=False)  # noqa: E731
+    train = read("train")
+    if (folder / "dev.csv").exists():
+        dev = read("dev")
+    else:
+        train, dev = train_test_split(train, test_size=dev_fraction, random_state=seed, stratify=train["label"])
+    if max_train and max_train < len(train):
+        train = train.sample(max_train, random_state=seed)
+    return {
+        "train": (train["text"].tolist(), train["label"].tolist()),
+        "dev": (dev["text"].tolist(), dev["label"].tolist()),
+    }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM), in MiB."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def matmul_ceiling_gflops(dtype_name: str, n: int = 2048, repeats: int = 5) -> float:
+    """Measured GFLOP/s of a large square matmul: what this CPU can do at best in that precision."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def run_child(script: str, args: list[str]) -> dict:
+    """Run one measurement in a fresh process (so peak RSS is its own) and read its last JSON line."""
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"{script} {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def write_results(stem: str, payload: dict, markdown: str) -> None:
+    DOCS.mkdir(parents=True, exist_ok=True)
+    (DOCS / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (DOCS / f"{stem}.md").write_text(markdown)

@@ -1,0 +1,177 @@
+"""Training throughput: bertclf against Hugging Face Trainer, same model, data, epochs, learning rate and seed.
+
+Runs, each in its own process (so its peak RSS is its own):
+  hf_default       Trainer as run_classification.py configures it by default: pad to max_length 128, fp32,
+                   batch 8, random sampler
+  hf_dynamic       the same with dynamic padding (DataCollatorWithPadding) and length grouping
+  bertclf          TextClassifier defaults (length-grouped batches of 32, precision auto, attention auto)
+  bertclf_compile  the same with compile=True (torch.compile, one-off compile time included)
+Dev accuracy is computed for every run with the same fp32 code path on the same dev texts.
+
+    python bench/training.py                       # sst2_sentences and banking77, 3 epochs, lr 1e-4
+    python bench/training.py --datasets sst2_sentences --runs hf_default,bertclf
+Writes docs/benchmarks/training.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from common import load_split, matmul_ceiling_gflops, peak_rss_mb, run_child, write_results
+
+RUNS = ("hf_default", "hf_dynamic", "bertclf", "bertclf_compile")
+HF_MAX_LENGTH = 128  # run_classification.py's max_seq_length default
+
+
+def useful_gflop(model, lengths: list[int], epochs: int) -> float:
+    """FLOPs that real (unpadded) tokens need: 6·params per token for the matmuls, 12·L·h·s² per text for attention."""
+    config = model.config
+    params = sum(p.numel() for p in model.base_model.encoder.parameters())
+    s = np.asarray(lengths, dtype=np.float64)
+    per_epoch = 6 * params * s.sum() + 12 * config.num_hidden_layers * config.hidden_size * (s**2).sum()
+    return per_epoch * epochs / 1e9
+
+
+def dev_accuracy(model, tokenizer, texts: list[str], labels: list[str], classes: list[str]) -> float:
+    from bertclf.batching import encode
+    from bertclf.predict import predict_logits
+
+    logits = predict_logits(model.float().eval(), encode(tokenizer, texts, HF_MAX_LENGTH), tokenizer.pad_token_id)
+    return float(np.mean(np.asarray(classes)[logits.argmax(axis=1)] == np.asarray(labels)))
+
+
+def hf_trainer(name: str, data: dict, classes: list[str], epochs: int, lr: float, seed: int) -> dict:
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator, set_seed
+
+    from bertclf.modeling import load_classifier, resolve_model
+
+    set_seed(seed)
+    tokenizer, model = load_classifier(resolve_model(None), classes)
+    texts, labels = data["train"]
+    padded = name == "hf_default"
+    enc = tokenizer(texts, truncation=True, max_length=HF_MAX_LENGTH, padding="max_length" if padded else False)
+    index = {c: i for i, c in enumerate(classes)}
+    rows = [{**{k: enc[k][i] for k in enc.keys()}, "labels": index[labels[i]]} for i in range(len(texts))]
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(
+            output_dir=out, per_device_train_batch_size=8, learning_rate=lr, num_train_epochs=epochs, seed=seed,
+            save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True,
+            train_sampling_strategy="random" if padded else "group_by_length",
+        )
+        trainer = Trainer(
+            model=model, args=args, train_dataset=rows, processing_class=tokenizer,
+            data_collator=default_data_collator if padded else DataCollatorWithPadding(tokenizer),
+        )
+        metrics = trainer.train().metrics
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=HF_MAX_LENGTH)["input_ids"]]
+    return {
+        "samples_per_s": round(metrics["train_samples_per_second"], 2),
+        "train_seconds": round(metrics["train_runtime"], 1),
+        "dev_accuracy": dev_accuracy(model, tokenizer, *data["dev"], classes),
+        "precision": "fp32",
+        "useful_gflop": useful_gflop(model, lengths, epochs),
+    }
+
+
+def bertclf_run(name: str, data: dict, classes: list[str], epochs: int, lr: float, seed: int) -> dict:
+    from bertclf import TextClassifier
+
+    clf = TextClassifier(epochs=epochs, lr=lr, seed=seed, verbose=False, compile=name == "bertclf_compile")
+    clf.fit(*data["train"], eval_set=data["dev"])
+    lengths = [len(ids) for ids in clf.tokenizer_(data["train"][0], truncation=True, max_length=clf.max_length)["input_ids"]]
+    return {
+        "samples_per_s": clf.training_["samples_per_s"],
+        "train_seconds": clf.training_["seconds"],
+        "dev_accuracy": clf.metrics_["dev"]["accuracy"],  # the best epoch on dev, as the artifact holds it
+        "dev_accuracy_last_epoch": clf.history_[-1]["dev"]["accuracy"],
+        "best_epoch": clf.best_epoch_,
+        "precision": clf.precision_,
+        "attention": clf.training_["attention"],
+        "useful_gflop": useful_gflop(clf.model_, lengths, len(clf.history_)),
+    }
+
+
+def child(name: str, dataset: str, epochs: int, lr: float, seed: int, max_train: int | None) -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    data = load_split(dataset, max_train=max_train)
+    classes = sorted(set(data["train"][1]))
+    started = time.perf_counter()
+    result = (hf_trainer if name.startswith("hf_") else bertclf_run)(name, data, classes, epochs, lr, seed)
+    result.update(name=name, wall_seconds=round(time.perf_counter() - started, 1), peak_rss_mb=round(peak_rss_mb(), 1),
+                  train_rows=len(data["train"][0]), dev_rows=len(data["dev"][0]))
+    print(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default="sst2_sentences,banking77")
+    parser.add_argument("--runs", default=",".join(RUNS))
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--max-train", type=int, help="train on a seeded sample of this many rows (smoke runs)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--dataset", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.dataset, args.epochs, args.lr, args.seed, args.max_train)
+        return
+
+    ceilings = {p: round(matmul_ceiling_gflops(p), 1) for p in ("fp32", "bf16")}
+    command = "python bench/training.py " + " ".join(sys.argv[1:])
+    tables = []
+    for dataset in args.datasets.split(","):
+        runs = []
+        for name in args.runs.split(","):
+            print(f"{dataset}: {name} ...", file=sys.stderr, flush=True)
+            common = ["--dataset", dataset, "--epochs", str(args.epochs), "--lr", str(args.lr), "--seed", str(args.seed)]
+            common += ["--max-train", str(args.max_train)] if args.max_train else []
+            row = run_child(__file__, ["--child", name, *common])
+            gflops = row.pop("useful_gflop") / row["train_seconds"]
+            row["useful_gflops"] = round(gflops, 1)
+            row["share_of_ceiling"] = round(gflops / ceilings[row["precision"]], 3)
+            runs.append(row)
+            print(f"  {json.dumps(row)}", file=sys.stderr, flush=True)
+        base = next((r for r in runs if r["name"] == "hf_default"), runs[0])
+        for row in runs:
+            row["ratio"] = round(row["samples_per_s"] / base["samples_per_s"], 2)
+        tables.append({"dataset": dataset, "runs": runs})
+        # Written after every dataset, so a long run that is stopped keeps what it finished.
+        payload = {**tables[0], "other_datasets": tables[1:], "epochs": args.epochs, "lr": args.lr, "seed": args.seed,
+                   "max_train": args.max_train, "matmul_ceiling_gflops": ceilings, "command": command}
+        write_results("training", payload, markdown(tables, ceilings, args, command))
+
+
+def markdown(tables: list[dict], ceilings: dict, args, command: str) -> str:
+    lines = [
+        "# Training throughput",
+        "",
+        f"MiniLM-L6 (all-MiniLM-L6-v2), {args.epochs} epochs, lr {args.lr:g}, seed {args.seed}, this machine's 2 CPU cores. "
+        f"Measured matmul ceiling: fp32 {ceilings['fp32']} GFLOP/s, bf16 {ceilings['bf16']} GFLOP/s.",
+        "Useful GFLOP/s counts only the FLOPs real (unpadded) tokens need. Dev accuracy: same fp32 scoring for every run.",
+        "",
+        f"Reproduce: `{command}`",
+        "",
+    ]
+    for table in tables:
+        lines += [f"## {table['dataset']} ({table['runs'][0]['train_rows']} train / {table['runs'][0]['dev_rows']} dev)", "",
+                  "| run | precision | samples/s | ratio | dev accuracy | peak RSS MiB | useful GFLOP/s | share of ceiling | train s |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in table["runs"]:
+            lines.append(f"| {r['name']} | {r['precision']} | {r['samples_per_s']:.1f} | {r['ratio']:.2f}x | "
+                         f"{r['dev_accuracy']:.4f} | {r['peak_rss_mb']:.0f} | {r['useful_gflops']:.1f} | "
+                         f"{r['share_of_ceiling']:.0%} | {r['train_seconds']:.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
