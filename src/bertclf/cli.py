@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -17,6 +18,10 @@ from .errors import BertclfError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+
+
+class BertclfInterrupted(Exception):
+    """Ctrl-C, with what survived it."""
 
 
 def _quiet_transformers() -> None:
@@ -80,12 +85,19 @@ def _train_parser(sub) -> None:
                    help="auto: bf16 on CPUs/GPUs that have it, fp16 on older GPUs, else fp32 (default: auto)")
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the model: faster steps after a one-off compile (pays on long runs)")
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
+                   help="also checkpoint every STEPS optimizer steps (always at epoch ends); in OUTPUT.checkpoints")
+    p.add_argument("--keep-checkpoints", type=int, default=2, metavar="K", help="keep the newest K checkpoints (default: 2)")
+    p.add_argument("--resume", nargs="?", const=True, metavar="PATH",
+                   help="continue from the newest complete checkpoint in OUTPUT.checkpoints (or in PATH)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.set_defaults(run=cmd_train)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from . import checkpoints
     from .artifact import check_output_free
+    from .checkpoints import Checkpointing, directory_for
     from .config import DATA_KEYS, merge
     from .data import check_classes, check_known_labels, read_labeled
     from .estimator import TextClassifier
@@ -109,19 +121,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     if options["verbose"] and train.source["dropped_empty"]:
         print(f"--drop-empty: skipped {train.source['dropped_empty']} rows with empty text in {args.train_file}", file=sys.stderr)
 
+    if args.checkpoint_every < 0 or args.keep_checkpoints < 1:
+        raise BertclfError("--checkpoint-every must be ≥ 0 and --keep-checkpoints ≥ 1")
+    resume_from = None
+    if args.resume:
+        resume_from = checkpoints.latest(directory_for(args.output) if args.resume is True else args.resume)
+    checkpointing = Checkpointing(directory_for(args.output), args.checkpoint_every, args.keep_checkpoints, resume_from)
+
     clf = TextClassifier(**{**options, "task": task})
     dev = splits.get("dev")
-    clf.fit(
-        train.texts,
-        train.labels,
-        eval_set=(dev.texts, dev.labels) if dev else None,
-        data_info={"train": train.source, **({"dev": dev.source} if dev else {})},
-    )
+    try:
+        clf.fit(
+            train.texts,
+            train.labels,
+            eval_set=(dev.texts, dev.labels) if dev else None,
+            data_info={"train": train.source, **({"dev": dev.source} if dev else {})},
+            checkpointing=checkpointing,
+        )
+    except KeyboardInterrupt:
+        kept = checkpoints.complete(directory_for(args.output))
+        hint = f"; the last checkpoint is {kept[-1]}: rerun with --resume" if kept else ""
+        raise BertclfInterrupted(f"interrupted: no model was written{hint}") from None
     if "test" in splits:
         test = splits["test"]
         clf.metrics_["test"] = clf.evaluate(test.texts, test.labels, where=args.test)
         clf.data_["test"] = test.source
     path = clf.save(args.output, overwrite=args.overwrite)
+    shutil.rmtree(directory_for(args.output), ignore_errors=True)  # the artifact supersedes its checkpoints
 
     for split, metrics in clf.metrics_.items():
         render(metrics, clf.classes_, f"{split} ({metrics['rows']} texts)")
@@ -283,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     except BertclfError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except BertclfInterrupted as stop:
+        print(stop, file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED

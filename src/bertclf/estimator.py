@@ -17,6 +17,7 @@ import torch
 
 from . import artifact
 from .batching import encode
+from .checkpoints import Checkpointing
 from .data import check_classes, check_known_labels, content_sha256, infer_task, label_counts
 from .errors import BertclfError
 from .metrics import check_metric, compute
@@ -65,11 +66,13 @@ class TextClassifier:
         eval_set: tuple[Sequence[str], Sequence] | None = None,
         *,
         data_info: dict | None = None,
+        checkpointing: Checkpointing | None = None,
     ) -> TextClassifier:
         """Train on ``texts``/``labels``; pick the best epoch on ``eval_set`` (or a seeded split of the data).
 
         ``labels`` are class names, or lists of names for multi-label. ``data_info`` lets a caller record
         file fingerprints ({"train": {...}, "dev": {...}}) instead of the content hashes used by default.
+        ``checkpointing`` saves resumable checkpoints and, with ``resume_from``, continues from one.
         """
         from accelerate.utils import set_seed
 
@@ -134,6 +137,12 @@ class TextClassifier:
             pad_id=tokenizer.pad_token_id,
             params=self,
             lr=self.lr_,
+            checkpointing=checkpointing,
+            fingerprint={
+                **{k: v for k, v in self.get_params().items() if k != "verbose"},
+                "train data": content_sha256(train_texts, train_labels),
+                "dev data": content_sha256(dev_texts, dev_labels) if dev_texts else None,
+            },
         )
         tokenizer.model_max_length = self.max_length  # the artifact's tokenizer truncates as training did
         result.model.set_attn_implementation("sdpa")  # the transformers default, for prediction and the artifact

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from . import checkpoints
 from .batching import Collator, Encoded, LengthGroupedBatches
+from .checkpoints import Checkpointing
 from .metrics import compute, headline
 from .modeling import device_type, resolve_precision
 from .predict import decide, predict_logits
@@ -59,8 +61,14 @@ def train(
     pad_id: int,
     params,
     lr: float,
+    checkpointing: Checkpointing | None = None,
+    fingerprint: dict | None = None,
 ) -> TrainResult:
-    """Fine-tune ``model`` with the hyperparameters of ``params`` (a :class:`TextClassifier`) at peak ``lr``."""
+    """Fine-tune ``model`` with the hyperparameters of ``params`` (a :class:`TextClassifier`) at peak ``lr``.
+
+    With ``checkpointing``, the loop saves its whole state at epoch ends (and every N steps) and can
+    resume from it; ``fingerprint`` (settings and data hashes) guards against resuming a different run.
+    """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import TorchDynamoPlugin
@@ -84,6 +92,9 @@ def train(
         range(len(train_encoded.input_ids)),
         batch_sampler=sampler,
         collate_fn=Collator(train_encoded, train_targets, pad_id),
+        # Its own generator: creating an iterator must not draw from the global RNG that dropout uses,
+        # or a resumed run (whose iterator starts mid-epoch) would see different dropout masks.
+        generator=torch.Generator().manual_seed(params.seed),
     )
     optimizer = _optimizer(model, lr, params.weight_decay)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
@@ -93,13 +104,35 @@ def train(
     )
     loss_fn = F.binary_cross_entropy_with_logits if multilabel else F.cross_entropy
 
-    result = TrainResult(model=model, precision=precision)
-    best_score, best_state, stale_epochs = -math.inf, None, 0
-    for epoch in range(1, params.epochs + 1):
-        sampler.set_epoch(epoch)
+    progress = {
+        "epoch": 1, "batches_done": 0, "step": 0, "finished": False, "history": [], "best_epoch": 0,
+        "best_score": -math.inf, "stale_epochs": 0, "epoch_seen": 0, "epoch_loss_sum": 0.0, "epoch_seconds": 0.0,
+        "fingerprint": fingerprint or {},
+    }
+    best_state = None
+    if checkpointing and checkpointing.resume_from:
+        path = checkpoints.latest(checkpointing.resume_from)
+        progress, best_state = checkpoints.load(accelerator, path, fingerprint or {})
+        if show:
+            print(f"resuming from {path} (epoch {progress['epoch']}, batch {progress['batches_done']})", file=sys.stderr)
+
+    def checkpoint() -> None:
+        if checkpointing:
+            checkpoints.save(accelerator, checkpointing.directory, progress, best_state, checkpointing.keep)
+
+    for epoch in range(progress["epoch"], params.epochs + 1):
+        if progress["finished"]:
+            break
         model.train()
-        started, seen, loss_sum = time.perf_counter(), 0, 0.0
-        bar = tqdm(loader, desc=f"epoch {epoch}/{params.epochs}", disable=not show, file=sys.stderr, leave=False)
+        done = progress["batches_done"]
+        batches = accelerator.skip_first_batches(loader, done) if done else loader
+        # accelerate's loaders pass their own epoch counter to the sampler on every iteration; a loader made
+        # to skip into a resumed epoch starts that counter at 0, so set it, or the batch order would differ.
+        batches.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        bar = tqdm(batches, desc=f"epoch {epoch}/{params.epochs}", initial=done, total=len(loader),
+                   disable=not show, file=sys.stderr, leave=False)
+        started = time.perf_counter()
         for batch in bar:
             with accelerator.accumulate(model):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -110,40 +143,55 @@ def train(
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            seen += len(batch["index"])
-            loss_sum += loss.item() * len(batch["index"])
+            rows = len(batch["index"])
+            progress["batches_done"] += 1
+            progress["epoch_seen"] += rows
+            progress["epoch_loss_sum"] += loss.item() * rows
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        seconds = time.perf_counter() - started
-        result.train_seconds += seconds
-        row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "seconds": round(seconds, 2),
-               "samples_per_s": round(seen * accelerator.num_processes / seconds, 2)}
+            if accelerator.sync_gradients:
+                progress["step"] += 1
+                every = checkpointing.every_steps if checkpointing else 0
+                if every and progress["step"] % every == 0 and progress["batches_done"] < len(loader):
+                    progress["epoch_seconds"] += time.perf_counter() - started
+                    checkpoint()
+                    started = time.perf_counter()
+        progress["epoch_seconds"] += time.perf_counter() - started
 
+        seconds, seen = progress["epoch_seconds"], progress["epoch_seen"]
+        row = {"epoch": epoch, "train_loss": progress["epoch_loss_sum"] / max(seen, 1), "seconds": round(seconds, 2),
+               "samples_per_s": round(seen * accelerator.num_processes / max(seconds, 1e-9), 2)}
         if dev_encoded is not None:
             # Every process scores the whole (small) dev set, so all agree on the best epoch without a reduce.
             logits = predict_logits(accelerator.unwrap_model(model), dev_encoded, pad_id)
             row["dev"] = headline(compute(dev_targets, decide(logits, multilabel), classes, multilabel))
             score = row["dev"][params.metric]
-            if score > best_score:
-                best_score, stale_epochs, result.best_epoch = score, 0, epoch
-                best_state = {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+            if score > progress["best_score"]:
+                progress.update(best_score=score, stale_epochs=0, best_epoch=epoch)
+                best_state = checkpoints.clone_state(accelerator.unwrap_model(model))
             else:
-                stale_epochs += 1
-        result.history.append(row)
+                progress["stale_epochs"] += 1
+        progress["history"].append(row)
         if show:
             dev = "  ".join(f"{k} {v:.4f}" for k, v in row.get("dev", {}).items())
             print(f"epoch {epoch}/{params.epochs}  loss {row['train_loss']:.4f}  {dev}  "
                   f"({seconds:.0f} s, {row['samples_per_s']:.0f} samples/s)", file=sys.stderr)
-        if params.patience and stale_epochs >= params.patience:
-            result.stopped_early = epoch < params.epochs
-            break
+        stop = bool(params.patience) and progress["stale_epochs"] >= params.patience
+        progress.update(epoch=epoch + 1, batches_done=0, epoch_seen=0, epoch_loss_sum=0.0, epoch_seconds=0.0,
+                        finished=stop or epoch == params.epochs)
+        checkpoint()
 
+    history = progress["history"]
+    result = TrainResult(model=model, precision=precision, history=history)
+    result.stopped_early = len(history) < params.epochs
     plain = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     if best_state is not None:
         plain.load_state_dict(best_state)
+        result.best_epoch = progress["best_epoch"]
     else:
-        result.best_epoch = len(result.history)  # no dev set: the last epoch is the model
+        result.best_epoch = len(history)  # no dev set: the last epoch is the model
     result.model = plain.eval()
-    total = sum(r["samples_per_s"] * r["seconds"] for r in result.history)
+    result.train_seconds = sum(r["seconds"] for r in history)
+    total = sum(r["samples_per_s"] * r["seconds"] for r in history)
     result.samples_per_s = round(total / max(result.train_seconds, 1e-9), 2)
     accelerator.free_memory()
     return result

@@ -1,0 +1,109 @@
+"""Kill training on purpose (SIGKILL mid-epoch, Ctrl-C), resume, and get the uninterrupted run's exact result."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from bertclf.checkpoints import complete, directory_for
+from bertclf.cli import main
+
+from .conftest import REPO, subset
+
+BATCHES_PER_EPOCH = 40  # 320 rows / batch 8
+
+
+@pytest.fixture
+def common(tmp_path, write, tiny_model_dir):
+    train = write("train.csv", subset("sst2_sentences", "train", 320, seed=3))
+    dev = write("dev.csv", subset("sst2_sentences", "dev", 80, seed=3))
+    return ["train", train, "--dev", dev, "--model", tiny_model_dir, "--epochs", "2", "--batch-size", "8",
+            "--lr", "1e-3", "--max-length", "64", "--patience", "0",
+            "--checkpoint-every", "10", "--quiet"]
+
+
+def start(argv: list) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "bertclf", *map(str, argv)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run(argv: list) -> int:
+    return main([str(a) for a in argv])
+
+
+def wait_for_step(proc: subprocess.Popen, checkpoints: str, step: int, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        names = [os.path.basename(p) for p in complete(checkpoints)]
+        if any(int(n.split("-")[1]) >= step for n in names):
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"training ended before step {step}: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail(f"no checkpoint at step {step} within {timeout} s")
+
+
+def record_without_timings(path) -> dict:
+    record = json.load(open(path / "bertclf.json"))
+    for row in record["history"]:
+        row.pop("seconds"), row.pop("samples_per_s")
+    return {k: record[k] for k in ("history", "best_epoch", "metrics", "classes")}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, common, precision):
+    """Exact on CPU in both precisions: every RNG state and the batch position are restored."""
+    common = [*common, "--precision", precision]
+    assert run([*common, "-o", tmp_path / "straight"]) == 0
+
+    killed = tmp_path / "killed"
+    proc = start([*common, "-o", killed])
+    wait_for_step(proc, directory_for(str(killed)), BATCHES_PER_EPOCH + 10)  # inside epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not killed.exists(), "a killed run must not leave an artifact"
+    assert run([*common, "-o", killed, "--resume"]) == 0
+
+    straight, resumed = load_file(tmp_path / "straight" / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    assert all((straight[k] == resumed[k]).all() for k in straight), "resumed weights differ from the straight run"
+    assert record_without_timings(killed) == record_without_timings(tmp_path / "straight")
+    assert not os.path.exists(directory_for(str(killed))), "checkpoints are removed once the artifact exists"
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path, common):
+    out = tmp_path / "interrupted"
+    proc = start([*common, "-o", out])
+    wait_for_step(proc, directory_for(str(out)), 20)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted: no model was written; the last checkpoint is" in err and "--resume" in err
+    assert not out.exists()
+    kept = complete(directory_for(str(out)))
+    assert kept and not [p for p in os.listdir(directory_for(str(out))) if ".tmp-" in p]
+
+
+def test_resume_refuses_changed_settings(tmp_path, common, capsys):
+    out = tmp_path / "changed"
+    proc = start([*common, "-o", out])
+    wait_for_step(proc, directory_for(str(out)), 10)
+    proc.kill()
+    proc.wait()
+    changed = [a if a != "1e-3" else "2e-3" for a in common]
+    assert run([*changed, "-o", out, "--resume"]) == 2
+    assert "the checkpoint was made with different lr" in capsys.readouterr().err
+
+
+def test_resume_without_checkpoints_is_refused(tmp_path, common, capsys):
+    assert run([*common, "-o", tmp_path / "fresh", "--resume"]) == 2
+    assert "no complete checkpoint to resume from" in capsys.readouterr().err
