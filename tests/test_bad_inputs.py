@@ -171,3 +171,63 @@ def test_predict_refuses_missing_text_column(capsys, tmp_path, write):
 def test_evaluate_refuses_a_directory_that_is_not_a_bertclf_model(capsys, tmp_path, write, tiny_model_dir):
     code, _, err = run(["evaluate", tiny_model_dir, write("t.csv", GOOD)], capsys)
     assert code == 2 and "not a bertclf model (no bertclf.json)" in err
+
+
+def test_label_column_with_thousands_of_distinct_values(train_cmd, capsys, tmp_path, write):
+    rows = "".join(f"text number {i},id-{i}\n" for i in range(10_000))
+    assert_refused(train_cmd(write("t.csv", "text,label\n" + rows)), capsys, tmp_path,
+                   "10000 distinct labels in 10000 rows", "--label-column")
+
+
+def test_model_directory_without_weights(capsys, tmp_path, write, tiny_model_dir):
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_model_dir, bare)
+    os.remove(bare / "model.safetensors")
+    argv = ["train", write("t.csv", GOOD), "-o", tmp_path / "out", "--model", bare, "--quiet"]
+    assert_refused(argv, capsys, tmp_path, "no model.safetensors weights")
+
+
+def test_output_on_a_filesystem_that_refuses_writes(train_cmd, capsys, tmp_path, write):
+    argv = ["train", write("t.csv", GOOD), "-o", "/sys/bertclf-out", "--quiet"]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "/sys: cannot create files there" in err and not os.path.exists("/sys/bertclf-out")
+
+
+def test_disk_full_while_saving_leaves_nothing_half_written(train_cmd, capsys, tmp_path, write, monkeypatch):
+    import errno
+
+    from bertclf import artifact
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(artifact, "write", full)
+    assert_refused(train_cmd(write("t.csv", GOOD), "--val-fraction", "0"), capsys, tmp_path,
+                   "could not write the model (No space left on device)", "--resume")
+
+
+def test_one_megabyte_texts_are_truncated_and_counted(train_cmd, capsys, tmp_path, write):
+    huge = "word " * 200_000  # 1 MB
+    path = write("t.csv", GOOD + f"{huge},positive\n{huge},negative\n")
+    code, _, err = run(train_cmd(path, "--val-fraction", "0", "--max-length", "32"), capsys)
+    assert code == 0, err
+    from bertclf.artifact import read_record
+
+    assert read_record(str(tmp_path / "out"))["truncated"]["train"] == 2
+
+
+def test_validate_reports_leakage_duplicates_and_lengths(capsys, tmp_path, write):
+    train = write("train.csv", GOOD + "a fine film,negative\n")
+    dev = write("dev.csv", "text,label\nA  FINE film,positive\nnew text,negative\n")
+    code, out, err = run(["validate", train, "--dev", dev, "--max-length", "4"], capsys)
+    assert code == 0, err
+    assert "1 texts with conflicting labels" in out and "1 rows also in train" in out
+    assert "texts longer than --max-length 4" in out and out.strip().endswith("ok: train would accept these files")
+
+
+def test_validate_refuses_what_train_refuses(capsys, tmp_path, write):
+    dev = write("dev.csv", "text,label\nmeh,neutral\n")
+    code, _, err = run(["validate", write("t.csv", GOOD), "--dev", dev], capsys)
+    assert code == 2 and "'neutral'" in err and "never occur" in err

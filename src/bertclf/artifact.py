@@ -32,8 +32,10 @@ def check_output_free(output: str, overwrite: bool) -> None:
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise BertclfError(f"{parent}: is a file, so --output cannot be created under it; choose another --output")
-    if not os.access(parent, os.W_OK):
-        raise BertclfError(f"{parent}: not writable; choose another --output")
+    try:  # a real probe: os.access says yes to root even on read-only or special filesystems
+        os.rmdir(tempfile.mkdtemp(prefix=".bertclf-probe-", dir=parent))
+    except OSError as err:
+        raise BertclfError(f"{parent}: cannot create files there ({err.strerror}); choose another --output") from None
 
 
 @contextlib.contextmanager

@@ -99,7 +99,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .artifact import check_output_free
     from .checkpoints import Checkpointing, directory_for
     from .config import DATA_KEYS, merge
-    from .data import check_classes, check_known_labels, read_labeled
+    from . import validation
+    from .data import read_splits
     from .estimator import TextClassifier
     from .metrics import check_metric, render
 
@@ -108,18 +109,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     data_options = {k: options.pop(k) for k in DATA_KEYS}
     options["verbose"] = not args.quiet
 
-    train, task = read_labeled(args.train_file, task=options["task"], **data_options)
-    multilabel = task == "multilabel"
+    splits, task, _ = read_splits(args.train_file, args.dev, args.test, task=options["task"], **data_options)
+    train, multilabel = splits["train"], task == "multilabel"
     check_metric(options["metric"], multilabel)
-    classes = check_classes(train.labels, multilabel, args.train_file)
-    splits = {}
-    for name in ("dev", "test"):
-        path = getattr(args, name)
-        if path:
-            splits[name], _ = read_labeled(path, task=task, **data_options)
-            check_known_labels(splits[name].labels, multilabel, classes, path)
-    if options["verbose"] and train.source["dropped_empty"]:
-        print(f"--drop-empty: skipped {train.source['dropped_empty']} rows with empty text in {args.train_file}", file=sys.stderr)
+    if options["verbose"]:
+        _report_dropped(splits)
+        for line in validation.warnings(validation.report(splits, multilabel)):
+            print(f"warning: {line}", file=sys.stderr)
 
     if args.checkpoint_every < 0 or args.keep_checkpoints < 1:
         raise BertclfError("--checkpoint-every must be ≥ 0 and --keep-checkpoints ≥ 1")
@@ -155,6 +151,69 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"best epoch {clf.best_epoch_} of {len(clf.history_)}; trained {t['seconds']:.0f} s at "
           f"{t['samples_per_s']:.0f} samples/s ({clf.precision_}, {t['device']}, {t['threads']} threads)")
     print(f"saved model to {path}")
+    return 0
+
+
+def _report_dropped(splits: dict) -> None:
+    for data in splits.values():
+        if data.source["dropped_empty"]:
+            print(f"--drop-empty: skipped {data.source['dropped_empty']} rows with empty text in {data.source['path']}",
+                  file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------- validate
+def _validate_parser(sub) -> None:
+    p = sub.add_parser(
+        "validate",
+        help="check data files the way train would, and report duplicates, leakage, imbalance, lengths",
+        description="Runs every check 'bertclf train' runs on its inputs, before any model is loaded, then reports "
+        "duplicates, texts shared between train and dev/test (leakage), the label distribution and imbalance, "
+        "and the length distribution in tokens with how many texts --max-length would truncate. "
+        "Exit code 0: train would accept the files; 2: it would refuse them (the reason is printed).",
+    )
+    p.add_argument("train_file", metavar="TRAIN_FILE")
+    p.add_argument("--dev", metavar="FILE")
+    p.add_argument("--test", metavar="FILE")
+    p.add_argument("--task", choices=("auto", "binary", "multiclass", "multilabel"), default="auto")
+    p.add_argument("--model", help="whose tokenizer counts the tokens (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--max-length", type=int, help="token limit to check against (default: train's default)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_data_flags(p)
+    p.set_defaults(run=cmd_validate)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from . import validation
+    from .config import DATA_KEYS
+    from .data import read_splits
+    from .estimator import TextClassifier
+    from .modeling import load_tokenizer, resolve_model
+
+    options = {k: default if getattr(args, k) is None else getattr(args, k) for k, default in DATA_KEYS.items()}
+    splits, task, classes = read_splits(args.train_file, args.dev, args.test, task=args.task, **options)
+    result = validation.report(splits, task == "multilabel")
+    max_length = args.max_length or TextClassifier.max_length
+    tokenizer = load_tokenizer(resolve_model(args.model))
+    for name, data in splits.items():
+        result[name]["tokens"] = validation.token_lengths(tokenizer, data.texts, max_length)
+    summary = {"task": task, "classes": classes, "splits": result, "warnings": validation.warnings(result)}
+    if args.json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        return 0
+    _report_dropped(splits)
+    print(f"task {task}, {len(classes)} classes")
+    for name, split in result.items():
+        tokens, labels = split["tokens"], split["labels"]
+        shown = ", ".join(f"{label} {count}" for label, count in list(labels["counts"].items())[:12])
+        more = f", … {len(labels['counts']) - 12} more" if len(labels["counts"]) > 12 else ""
+        print(f"{name}: {split['rows']} rows; labels {shown}{more} (largest/smallest {labels['imbalance']:.1f}x)")
+        print(f"  duplicates {split['duplicate_rows']} rows, {split['conflicting_texts']} texts with conflicting labels"
+              + (f"; {split['leaked_from_train']['rows']} rows also in train" if "leaked_from_train" in split else ""))
+        print(f"  tokens p50 {tokens['p50']} p90 {tokens['p90']} p99 {tokens['p99']} max {tokens['max']}; "
+              f"{tokens['truncated']} texts longer than --max-length {tokens['max_length']}")
+    for line in summary["warnings"]:
+        print(f"warning: {line}")
+    print("ok: train would accept these files")
     return 0
 
 
@@ -296,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bertclf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_train_parser, _evaluate_parser, _predict_parser, _info_parser):
+    for add in (_train_parser, _validate_parser, _evaluate_parser, _predict_parser, _info_parser):
         add(sub)
     return parser
 

@@ -287,7 +287,27 @@ def check_classes(labels: Sequence, multilabel: bool, where: str) -> list[str]:
         raise BertclfError(
             f"{where}: only one class ({classes[0]!r}) in the training labels; a classifier needs at least two"
         )
+    if len(classes) > 100 and len(classes) > len(labels) / 2:
+        raise BertclfError(
+            f"{where}: {len(classes)} distinct labels in {len(labels)} rows, so most classes have one example; "
+            "this looks like a text or id column: check --label-column"
+        )
     return classes
+
+
+def read_splits(
+    train_file: str, dev_file: str | None = None, test_file: str | None = None, *, task: str = "auto", **options
+) -> tuple[dict[str, LabeledData], str, list[str]]:
+    """Read and cross-check train/dev/test: the task comes from train; dev/test labels must occur in train."""
+    train, task = read_labeled(train_file, task=task, **options)
+    multilabel = task == "multilabel"
+    classes = check_classes(train.labels, multilabel, train_file)
+    splits = {"train": train}
+    for name, path in (("dev", dev_file), ("test", test_file)):
+        if path:
+            splits[name], _ = read_labeled(path, task=task, **options)
+            check_known_labels(splits[name].labels, multilabel, classes, path)
+    return splits, task, classes
 
 
 def check_known_labels(labels: Sequence, multilabel: bool, classes: Sequence[str], where: str) -> None:

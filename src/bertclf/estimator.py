@@ -214,8 +214,12 @@ class TextClassifier:
             "metrics": self.metrics_,
             **(extra or {}),
         }
-        with artifact.atomic_directory(path, overwrite) as tmp:
-            artifact.write(tmp, self.model_, self.tokenizer_, record)
+        try:
+            with artifact.atomic_directory(path, overwrite) as tmp:
+                artifact.write(tmp, self.model_, self.tokenizer_, record)
+        except OSError as err:  # disk full, quota, permissions changed during training: nothing half-written stays
+            raise BertclfError(f"{path}: could not write the model ({err.strerror or err}); free space or choose "
+                               "another output (a 'bertclf train' run keeps its checkpoints for --resume)") from None
         return os.path.abspath(path)
 
     @classmethod
