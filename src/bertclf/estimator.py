@@ -244,7 +244,11 @@ class TextClassifier:
     def _logits(self, texts: Sequence[str]) -> np.ndarray:
         self._check_fitted()
         texts = [t if isinstance(t, str) else _not_a_string(t) for t in texts]
-        encoded = encode(self.tokenizer_, texts, self.max_length)
+        try:
+            encoded = encode(self.tokenizer_, texts, self.max_length)
+        except TypeError:  # the Rust tokenizer's only complaint about a str: one that is not valid Unicode
+            bad = [i for i, t in enumerate(texts) if not _encodable(t)]
+            raise BertclfError(f"texts at positions {bad[:10]} are not valid Unicode (lone surrogates); clean them") from None
         return predict_logits(self.model_, encoded, self.tokenizer_.pad_token_id, progress=self.verbose and len(texts) > 5000)
 
     def _targets(self, labels: Sequence) -> torch.Tensor:
@@ -280,6 +284,14 @@ class TextClassifier:
     def _say(self, message: str) -> None:
         if self.verbose:
             print(message, file=sys.stderr)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _not_a_string(value) -> str:
