@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -113,6 +114,12 @@ def _read_delimited(path: str, text: str, sep: str) -> tuple[pd.DataFrame, list[
         frame = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_filter=False)
     except pd.errors.ParserError as err:
         message = str(err).strip().replace("\n", " ")
+        unclosed = re.search(r"EOF inside string starting at row (\d+)", message)
+        if unclosed:  # pandas counts lines from 0 here
+            raise BertclfError(
+                f"{path} line {int(unclosed.group(1)) + 1}: a quoted field starts here and is never closed; "
+                'close the quote, or write a quote inside a quoted field as ""'
+            ) from None
         raise BertclfError(
             f"{path}: malformed {'CSV' if sep == ',' else 'TSV'} ({message}); "
             "quote fields that contain the separator, quotes or newlines"
