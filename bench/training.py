@@ -9,6 +9,7 @@ Runs, each in its own process (so its peak RSS is its own):
 Dev accuracy is computed for every run with the same fp32 code path on the same dev texts.
 
     python bench/training.py                       # sst2_sentences and banking77, 3 epochs, lr 1e-4
+    python bench/training.py --datasets sst2_sentences,banking77:3000   # NAME:N trains on a seeded N-row sample
     python bench/training.py --datasets sst2_sentences --runs hf_default,bertclf
 Writes docs/benchmarks/training.{json,md}.
 """
@@ -117,7 +118,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--max-train", type=int, help="train on a seeded sample of this many rows (smoke runs)")
+    parser.add_argument("--max-train", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -128,12 +129,13 @@ def main() -> None:
     ceilings = {p: round(matmul_ceiling_gflops(p), 1) for p in ("fp32", "bf16")}
     command = "python bench/training.py " + " ".join(sys.argv[1:])
     tables = []
-    for dataset in args.datasets.split(","):
+    for spec in args.datasets.split(","):
+        dataset, _, max_train = spec.partition(":")
         runs = []
         for name in args.runs.split(","):
             print(f"{dataset}: {name} ...", file=sys.stderr, flush=True)
             common = ["--dataset", dataset, "--epochs", str(args.epochs), "--lr", str(args.lr), "--seed", str(args.seed)]
-            common += ["--max-train", str(args.max_train)] if args.max_train else []
+            common += ["--max-train", max_train] if max_train else []
             row = run_child(__file__, ["--child", name, *common])
             gflops = row.pop("useful_gflop") / row["train_seconds"]
             row["useful_gflops"] = round(gflops, 1)
@@ -143,10 +145,10 @@ def main() -> None:
         base = next((r for r in runs if r["name"] == "hf_default"), runs[0])
         for row in runs:
             row["ratio"] = round(row["samples_per_s"] / base["samples_per_s"], 2)
-        tables.append({"dataset": dataset, "runs": runs})
+        tables.append({"dataset": dataset, "train_sample": int(max_train) if max_train else None, "runs": runs})
         # Written after every dataset, so a long run that is stopped keeps what it finished.
         payload = {**tables[0], "other_datasets": tables[1:], "epochs": args.epochs, "lr": args.lr, "seed": args.seed,
-                   "max_train": args.max_train, "matmul_ceiling_gflops": ceilings, "command": command}
+                   "matmul_ceiling_gflops": ceilings, "command": command}
         write_results("training", payload, markdown(tables, ceilings, args, command))
 
 
@@ -162,7 +164,8 @@ def markdown(tables: list[dict], ceilings: dict, args, command: str) -> str:
         "",
     ]
     for table in tables:
-        lines += [f"## {table['dataset']} ({table['runs'][0]['train_rows']} train / {table['runs'][0]['dev_rows']} dev)", "",
+        sample = f", a seeded sample of the train split" if table["train_sample"] else ""
+        lines += [f"## {table['dataset']} ({table['runs'][0]['train_rows']} train{sample} / {table['runs'][0]['dev_rows']} dev)", "",
                   "| run | precision | samples/s | ratio | dev accuracy | peak RSS MiB | useful GFLOP/s | share of ceiling | train s |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in table["runs"]:

@@ -142,7 +142,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         test = splits["test"]
         clf.metrics_["test"] = clf.evaluate(test.texts, test.labels, where=args.test)
         clf.data_["test"] = test.source
-    path = clf.save(args.output, overwrite=args.overwrite)
+    path = clf.save(args.output, overwrite=args.overwrite, extra={"data_options": data_options})
     shutil.rmtree(directory_for(args.output), ignore_errors=True)  # the artifact supersedes its checkpoints
 
     for split, metrics in clf.metrics_.items():
@@ -159,6 +159,41 @@ def _report_dropped(splits: dict) -> None:
         if data.source["dropped_empty"]:
             print(f"--drop-empty: skipped {data.source['dropped_empty']} rows with empty text in {data.source['path']}",
                   file=sys.stderr)
+
+
+def _add_backend_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "torch-bf16", "onnx", "onnx-int8"),
+                   help="inference engine; auto: the fastest one 'bertclf export' checked on the dev set, else torch")
+    p.add_argument("--threads", type=int, help="CPU threads for inference (default: all cores)")
+
+
+# --------------------------------------------------------------------------------------------- export
+def _export_parser(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="add ONNX (and int8) inference models to a saved model, checked against torch on its dev set",
+        description="Writes MODEL_DIR/onnx/model.onnx (fp32, ONNX Runtime fusions) and, with --int8, a dynamically "
+        "quantised model-int8.onnx. Each backend is scored on the model's dev set (texts/s, accuracy, agreement "
+        "with torch fp32) and recorded in bertclf.json, where 'predict --backend auto' finds them. An int8 model "
+        "losing more than 0.5 point of dev accuracy is refused unless --force (and auto never picks it).",
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("--onnx", action="store_true", required=True, help="export to ONNX (the only format for now)")
+    p.add_argument("--int8", action="store_true", help="also export a dynamically quantised int8 model")
+    p.add_argument("--force", action="store_true", help="keep an int8 model that failed the accuracy check")
+    p.add_argument("--dev", metavar="FILE", help="labelled file to check on (default: the dev data the model was selected on)")
+    p.set_defaults(run=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    results = export(args.model_dir, int8=args.int8, force=args.force, dev_file=args.dev)
+    for name, row in results.items():
+        status = "" if row["accepted"] else "  (not accepted: auto will not pick it)"
+        print(f"{name:<11} {row['texts_per_s']:8.1f} texts/s  accuracy {row['accuracy']:.4f} ({row['delta'] * 100:+.2f} pt)  "
+              f"agreement {row['agreement']:.4f}{status}")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------- validate
@@ -230,6 +265,7 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("file", metavar="FILE")
     p.add_argument("--output-dir", metavar="DIR", help="where metrics.json and the PNG go (default: ./eval-<FILE stem>)")
     _add_data_flags(p)
+    _add_backend_flags(p)
     p.set_defaults(run=cmd_evaluate)
 
 
@@ -249,8 +285,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         drop_empty=bool(args.drop_empty),
     )
     check_known_labels(data.labels, record["task"] == "multilabel", record["classes"], args.file)
-    clf = TextClassifier.load(args.model_dir)
-    clf.verbose = False
+    clf = TextClassifier.load(args.model_dir, backend=args.backend, threads=args.threads)
     metrics = clf.evaluate(data.texts, data.labels, where=args.file)
     out_dir = args.output_dir or f"eval-{Path(args.file).stem}"
     os.makedirs(out_dir, exist_ok=True)
@@ -277,6 +312,7 @@ def _predict_parser(sub) -> None:
     p.add_argument("--output", "-o", metavar="OUT", help="output .csv/.tsv/.jsonl/.parquet (default: JSONL on stdout)")
     p.add_argument("--text-column", default="text", help="column holding the text (default: text)")
     p.add_argument("--top-k", type=int, metavar="K", help="also list the K most probable classes per text")
+    _add_backend_flags(p)
     p.set_defaults(run=cmd_predict)
 
 
@@ -303,8 +339,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     empty = sum(1 for t in texts if not t.strip())
     if empty:
         print(f"warning: {empty} empty text(s) were scored as empty strings", file=sys.stderr)
-    clf = TextClassifier.load(args.model_dir)
-    clf.verbose = args.output not in (None, "-")
+    clf = TextClassifier.load(args.model_dir, backend=args.backend, threads=args.threads)
     predicted, probs = clf.predict_with_proba(texts)
     flat = args.output not in (None, "-") and output_format(args.output) in ("csv", "tsv")
     frame = prediction_frame(inputs, probs, predicted, clf.classes_, args.top_k, flat)
@@ -355,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bertclf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_train_parser, _validate_parser, _evaluate_parser, _predict_parser, _info_parser):
+    for add in (_train_parser, _validate_parser, _evaluate_parser, _predict_parser, _export_parser, _info_parser):
         add(sub)
     return parser
 

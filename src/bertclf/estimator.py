@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import artifact
+from . import artifact, backends
 from .batching import encode
 from .checkpoints import Checkpointing
 from .data import check_classes, check_known_labels, content_sha256, infer_task, label_counts
@@ -95,7 +95,7 @@ class TextClassifier:
             check_known_labels(dev_labels, multilabel, self.classes_, data_info.get("dev", {}).get("path", "dev data"))
             train_texts, train_labels = texts, labels
         elif self.val_fraction > 0:
-            train_idx, dev_idx, how = _split(labels, multilabel, self.val_fraction, self.seed)
+            train_idx, dev_idx, how = holdout_split(labels, multilabel, self.val_fraction, self.seed)
             train_texts, train_labels = [texts[i] for i in train_idx], [labels[i] for i in train_idx]
             dev_texts, dev_labels = [texts[i] for i in dev_idx], [labels[i] for i in dev_idx]
             data_info.setdefault("dev", {})["split"] = f"{how} {self.val_fraction:g} of the training data, seed {self.seed}"
@@ -147,6 +147,7 @@ class TextClassifier:
         tokenizer.model_max_length = self.max_length  # the artifact's tokenizer truncates as training did
         result.model.set_attn_implementation("sdpa")  # the transformers default, for prediction and the artifact
         self.model_, self.tokenizer_ = result.model, tokenizer
+        self.backend_, self._backend_logits = "torch", None
         self.thresholds_ = [0.5] * len(self.classes_) if multilabel else None
         self.precision_ = result.precision
         self.history_, self.best_epoch_ = result.history, result.best_epoch
@@ -223,8 +224,12 @@ class TextClassifier:
         return os.path.abspath(path)
 
     @classmethod
-    def load(cls, path: str) -> TextClassifier:
-        """Rebuild a fitted classifier from a directory written by :meth:`save`."""
+    def load(cls, path: str, backend: str = "torch", threads: int | None = None) -> TextClassifier:
+        """Rebuild a fitted classifier from a directory written by :meth:`save`.
+
+        ``backend``: torch, torch-bf16, onnx, onnx-int8 (after ``bertclf export``) or auto, the fastest one
+        whose accuracy export checked. ``threads``: CPU threads for inference (default: all cores).
+        """
         record = artifact.read_record(path)
         tokenizer, model = load_classifier(path)
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
@@ -238,6 +243,8 @@ class TextClassifier:
         clf.history_, clf.best_epoch_ = record["history"], record["best_epoch"]
         clf.training_, clf.metrics_ = record["training"], record["metrics"]
         clf.record_ = record
+        clf.backend_ = backends.choose(record, backend)
+        clf._backend_logits = backends.make(clf.backend_, path, clf.model_, tokenizer.pad_token_id, threads)
         return clf
 
     # ------------------------------------------------------------------ helpers
@@ -249,6 +256,9 @@ class TextClassifier:
         except TypeError:  # the Rust tokenizer's only complaint about a str: one that is not valid Unicode
             bad = [i for i, t in enumerate(texts) if not _encodable(t)]
             raise BertclfError(f"texts at positions {bad[:10]} are not valid Unicode (lone surrogates); clean them") from None
+        run = getattr(self, "_backend_logits", None)
+        if run is not None:
+            return run(encoded)
         return predict_logits(self.model_, encoded, self.tokenizer_.pad_token_id, progress=self.verbose and len(texts) > 5000)
 
     def _targets(self, labels: Sequence) -> torch.Tensor:
@@ -323,7 +333,7 @@ def _checked_texts(texts: Sequence[str], what: str) -> list[str]:
     return texts
 
 
-def _split(labels: Sequence, multilabel: bool, fraction: float, seed: int) -> tuple[list[int], list[int], str]:
+def holdout_split(labels: Sequence, multilabel: bool, fraction: float, seed: int) -> tuple[list[int], list[int], str]:
     """Seeded dev split, stratified by class where every class has at least two examples."""
     from sklearn.model_selection import train_test_split
 

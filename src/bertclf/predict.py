@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,20 +18,33 @@ MAX_BATCH_TOKENS = 16384  # padded tokens per forward pass: large enough to keep
 MAX_BATCH_ROWS = 256
 
 
-def predict_logits(model: torch.nn.Module, encoded: Encoded, pad_id: int, progress: bool = False) -> np.ndarray:
-    """Logits for every row, computed longest-first in token-budget batches, returned in input order."""
+def batched_logits(
+    encoded: Encoded, pad_id: int, forward: Callable[[dict[str, torch.Tensor]], np.ndarray], progress: bool = False
+) -> np.ndarray:
+    """Run ``forward`` on longest-first token-budget batches; return the logits in input order."""
     from tqdm.auto import tqdm
 
+    out: np.ndarray | None = None
+    batches = token_budget_batches(encoded.lengths, MAX_BATCH_TOKENS, MAX_BATCH_ROWS)
+    for rows in tqdm(batches, desc="predict", disable=not progress, file=sys.stderr, leave=False):
+        logits = forward(collate([encoded.input_ids[i] for i in rows], pad_id))
+        if out is None:
+            out = np.empty((len(encoded.input_ids), logits.shape[1]), dtype=np.float32)
+        out[rows] = logits
+    return out if out is not None else np.empty((0, 0), dtype=np.float32)
+
+
+def predict_logits(model: torch.nn.Module, encoded: Encoded, pad_id: int, progress: bool = False) -> np.ndarray:
+    """Logits of a torch model for every row, in input order (the model is left in the mode it was in)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out = np.empty((len(encoded.input_ids), model.config.num_labels), dtype=np.float32)
-    batches = token_budget_batches(encoded.lengths, MAX_BATCH_TOKENS, MAX_BATCH_ROWS)
+
+    def forward(batch: dict[str, torch.Tensor]) -> np.ndarray:
+        return model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
+
     with torch.inference_mode():
-        for rows in tqdm(batches, desc="predict", disable=not progress, file=sys.stderr, leave=False):
-            batch = collate([encoded.input_ids[i] for i in rows], pad_id)
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-            out[rows] = logits.float().cpu().numpy()
+        out = batched_logits(encoded, pad_id, forward, progress)
     model.train(was_training)
     return out
 

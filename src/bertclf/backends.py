@@ -1,0 +1,73 @@
+"""Inference backends behind one interface: ``logits(encoded) -> np.ndarray`` in input order.
+
+torch (fp32, exact), torch-bf16 (autocast, where the hardware has bf16), onnx (ONNX Runtime, fp32, fused
+graph) and onnx-int8 (dynamic int8 quantisation). ``auto`` picks the fastest backend that ``bertclf export``
+checked against torch fp32 on the artifact's dev set and recorded in ``bertclf.json``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from .batching import Encoded
+from .errors import BertclfError
+from .modeling import cpu_has_native_bf16, device_type
+from .predict import batched_logits, predict_logits
+
+BACKENDS = ("auto", "torch", "torch-bf16", "onnx", "onnx-int8")
+ONNX_FILES = {"onnx": os.path.join("onnx", "model.onnx"), "onnx-int8": os.path.join("onnx", "model-int8.onnx")}
+
+Logits = Callable[[Encoded], np.ndarray]
+
+
+def choose(record: dict, requested: str) -> str:
+    """``auto``: the fastest recorded backend that passed its accuracy check; torch when none was checked."""
+    if requested not in BACKENDS:
+        raise BertclfError(f"unknown backend '{requested}'; use one of {', '.join(BACKENDS)}")
+    if requested != "auto":
+        return requested
+    checked = {name: row for name, row in record.get("backends", {}).items() if row.get("accepted")}
+    return max(checked, key=lambda name: checked[name]["texts_per_s"]) if checked else "torch"
+
+
+def torch_logits(model: torch.nn.Module, pad_id: int, bf16: bool = False, progress: bool = False) -> Logits:
+    if bf16 and not (cpu_has_native_bf16() or device_type() == "cuda"):
+        raise BertclfError("backend torch-bf16 needs a CPU with native bf16 (AVX512-BF16/AMX) or a GPU; use torch or onnx")
+
+    def run(encoded: Encoded) -> np.ndarray:
+        with torch.autocast(device_type(), dtype=torch.bfloat16, enabled=bf16):
+            return predict_logits(model, encoded, pad_id, progress)
+
+    return run
+
+
+def onnx_logits(path: str, pad_id: int, threads: int | None = None, progress: bool = False) -> Logits:
+    import onnxruntime as ort
+
+    if not os.path.isfile(path):
+        raise BertclfError(f"{path}: no ONNX model; run 'bertclf export MODEL_DIR --onnx' (add --int8 for onnx-int8)")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    def forward(batch: dict[str, torch.Tensor]) -> np.ndarray:
+        return session.run(None, {name: tensor.numpy() for name, tensor in batch.items()})[0]
+
+    return lambda encoded: batched_logits(encoded, pad_id, forward, progress)
+
+
+def make(name: str, model_dir: str | None, model: torch.nn.Module, pad_id: int, threads: int | None = None,
+         progress: bool = False) -> Logits:
+    """A logits function for a concrete backend name (not 'auto')."""
+    if threads:
+        torch.set_num_threads(threads)
+    if name in ("torch", "torch-bf16"):
+        return torch_logits(model, pad_id, bf16=name == "torch-bf16", progress=progress)
+    if model_dir is None:
+        raise BertclfError(f"backend {name} needs a saved model directory with an ONNX export")
+    return onnx_logits(os.path.join(model_dir, ONNX_FILES[name]), pad_id, threads, progress)

@@ -1,0 +1,61 @@
+"""ONNX export, the int8 accuracy gate, and the inference backends behind one interface."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bertclf import BertclfError, TextClassifier
+from bertclf.cli import main
+
+from .conftest import subset
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_model_dir):
+    folder = tmp_path_factory.mktemp("export")
+    train, dev = folder / "train.csv", folder / "dev.csv"
+    subset("sst2_sentences", "train", 300, seed=4).to_csv(train, index=False)
+    subset("sst2_sentences", "dev", 120, seed=4).to_csv(dev, index=False)
+    out = folder / "model"
+    assert main(["train", str(train), "--dev", str(dev), "-o", str(out), "--model", tiny_model_dir, "--epochs", "2",
+                 "--lr", "1e-3", "--max-length", "64", "--quiet"]) == 0
+    return str(out)
+
+
+def test_export_records_each_backend_and_auto_picks_an_accepted_one(model_dir, capsys):
+    assert main(["export", model_dir, "--onnx", "--int8", "--force"]) == 0
+    assert "onnx-int8" in capsys.readouterr().out
+    record = json.load(open(f"{model_dir}/bertclf.json"))
+    rows = record["backends"]
+    assert {"torch", "onnx", "onnx-int8"} <= set(rows) and record["backends_checked_on"]["rows"] == 120
+    assert rows["onnx"]["agreement"] == 1.0 and rows["onnx"]["accepted"] and rows["onnx"]["file"] == "onnx/model.onnx"
+    for row in rows.values():
+        assert row["texts_per_s"] > 0 and 0 <= row["accuracy"] <= 1
+    auto = TextClassifier.load(model_dir, backend="auto")
+    assert auto.backend_ in rows and rows[auto.backend_]["accepted"]
+
+
+def test_onnx_backend_matches_torch(model_dir):
+    texts = subset("sst2_sentences", "test", 50, seed=2).text.tolist()
+    torch_probs = TextClassifier.load(model_dir, backend="torch").predict_proba(texts)
+    onnx_probs = TextClassifier.load(model_dir, backend="onnx").predict_proba(texts)
+    assert np.allclose(torch_probs, onnx_probs, atol=1e-4)
+
+
+def test_int8_losing_accuracy_is_refused(model_dir, monkeypatch, capsys):
+    import bertclf.export
+
+    monkeypatch.setattr(bertclf.export, "INT8_MAX_DROP", -1.0)  # demand +100 points: any int8 model fails
+    assert main(["export", model_dir, "--onnx", "--int8"]) == 2
+    assert "int8 export refused: dev accuracy" in capsys.readouterr().err
+
+
+def test_missing_onnx_file_is_a_clear_error(tmp_path, tiny_model_dir):
+    clf = TextClassifier(model=tiny_model_dir, epochs=1, verbose=False).fit(["good", "bad", "fine", "awful"] * 3, ["p", "n"] * 6)
+    clf.save(str(tmp_path / "m"))
+    with pytest.raises(BertclfError, match="no ONNX model; run 'bertclf export MODEL_DIR --onnx'"):
+        TextClassifier.load(str(tmp_path / "m"), backend="onnx")
+    assert TextClassifier.load(str(tmp_path / "m"), backend="auto").backend_ == "torch"
