@@ -154,6 +154,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_options(args: argparse.Namespace) -> dict:
+    """The data flags a command was given, defaults filled in (train merges them with --config instead)."""
+    from .config import DATA_KEYS
+
+    return {k: default if getattr(args, k, None) is None else getattr(args, k) for k, default in DATA_KEYS.items()}
+
+
 def _report_dropped(splits: dict) -> None:
     for data in splits.values():
         if data.source["dropped_empty"]:
@@ -219,13 +226,11 @@ def _validate_parser(sub) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from . import validation
-    from .config import DATA_KEYS
     from .data import read_splits
     from .estimator import TextClassifier
     from .modeling import load_tokenizer, resolve_model
 
-    options = {k: default if getattr(args, k) is None else getattr(args, k) for k, default in DATA_KEYS.items()}
-    splits, task, classes = read_splits(args.train_file, args.dev, args.test, task=args.task, **options)
+    splits, task, classes = read_splits(args.train_file, args.dev, args.test, task=args.task, **_data_options(args))
     result = validation.report(splits, task == "multilabel")
     max_length = args.max_length or TextClassifier.max_length
     tokenizer = load_tokenizer(resolve_model(args.model))
@@ -276,14 +281,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .metrics import plot, render
 
     record = read_record(args.model_dir)
-    data, _ = read_labeled(
-        args.file,
-        text_column=args.text_column or "text",
-        label_column=args.label_column or "label",
-        task=record["task"],
-        label_sep=args.label_sep or "|",
-        drop_empty=bool(args.drop_empty),
-    )
+    data, _ = read_labeled(args.file, task=record["task"], **_data_options(args))
     check_known_labels(data.labels, record["task"] == "multilabel", record["classes"], args.file)
     clf = TextClassifier.load(args.model_dir, backend=args.backend, threads=args.threads)
     metrics = clf.evaluate(data.texts, data.labels, where=args.file)

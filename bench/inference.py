@@ -1,0 +1,171 @@
+"""Inference throughput: our backends against the Hugging Face pipeline, same model, same texts.
+
+In one process, in interleaved rounds (so drift in machine load hits every contender alike):
+  pipeline          transformers.pipeline("text-classification") with its default batch size (the baseline)
+  pipeline_b32      the same with batch_size=32
+  torch, torch-bf16, onnx, onnx-int8   bertclf's backends (after 'bertclf export --onnx --int8')
+Texts: SST-2 dev+test sentences (short) and, separately, IMDB test reviews (long, truncated as the model was
+trained). Peak RSS of each contender is measured in a child process that scores the short texts once.
+
+    python bench/inference.py --model runs/sst2-minilm        # the model scripts/demo.sh trains
+Writes docs/benchmarks/inference.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from common import DATASETS, matmul_ceiling_gflops, peak_rss_mb, run_child, write_results
+
+OURS = ("torch", "torch-bf16", "onnx", "onnx-int8")
+
+
+def texts_of(kind: str, imdb_rows: int) -> tuple[list[str], list[str]]:
+    import pandas as pd
+
+    if kind == "sst2":
+        frames = [pd.read_csv(DATASETS / "sst2_sentences" / f"{s}.csv", dtype=str, keep_default_na=False) for s in ("dev", "test")]
+        frame = pd.concat(frames, ignore_index=True)
+    else:
+        frame = pd.read_csv(DATASETS / "imdb" / "test.csv", dtype=str, keep_default_na=False).sample(imdb_rows, random_state=0)
+    return frame["text"].tolist(), frame["label"].tolist()
+
+
+def contender(name: str, model_dir: str):
+    """A function texts -> probability matrix in the model's class order."""
+    from bertclf import TextClassifier
+
+    classes = TextClassifier.load(model_dir).classes_
+    if name.startswith("pipeline"):
+        from transformers import pipeline
+
+        pipe = pipeline("text-classification", model=model_dir, top_k=None, device="cpu")
+        kwargs = {"batch_size": 32} if name == "pipeline_b32" else {}
+
+        def run(texts):
+            out = pipe(texts, truncation=True, **kwargs)
+            return np.asarray([[{d["label"]: d["score"] for d in row}[c] for c in classes] for row in out])
+
+        return run
+    clf = TextClassifier.load(model_dir, backend=name)
+    clf.verbose = False
+    return clf.predict_proba
+
+
+def useful_gflop(model_dir: str, texts: list[str]) -> float:
+    """Forward FLOPs the real tokens need: 2·params per token plus 4·L·h·s² attention per text."""
+    from bertclf import TextClassifier
+
+    clf = TextClassifier.load(model_dir)
+    config = clf.model_.config
+    params = sum(p.numel() for p in clf.model_.base_model.encoder.parameters())
+    lengths = np.asarray([len(ids) for ids in clf.tokenizer_(texts, truncation=True, max_length=clf.max_length)["input_ids"]], float)
+    return (2 * params * lengths.sum() + 4 * config.num_hidden_layers * config.hidden_size * (lengths**2).sum()) / 1e9
+
+
+def child(name: str, model_dir: str) -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    texts, _ = texts_of("sst2", 0)
+    contender(name, model_dir)(texts)
+    print(json.dumps({"name": name, "peak_rss_mb": round(peak_rss_mb(), 1)}))
+
+
+def measure(kind: str, names: list[str], model_dir: str, rounds: int, imdb_rows: int) -> dict:
+    texts, labels = texts_of(kind, imdb_rows)
+    runs = {name: contender(name, model_dir) for name in names}
+    seconds = {name: [] for name in names}
+    probs = {}
+    for r in range(rounds):
+        for name in names:  # interleaved: every round runs every contender once
+            start = time.perf_counter()
+            probs[name] = runs[name](texts)
+            seconds[name].append(time.perf_counter() - start)
+            print(f"  {kind} round {r + 1}/{rounds} {name}: {len(texts) / seconds[name][-1]:.1f} texts/s", file=sys.stderr)
+    from bertclf import TextClassifier
+
+    classes = np.asarray(TextClassifier.load(model_dir).classes_)
+    reference = probs["torch"].argmax(axis=1)
+    gflop = useful_gflop(model_dir, texts)
+    rows = []
+    for name in names:
+        best = statistics.median(seconds[name])
+        predicted = probs[name].argmax(axis=1)
+        rows.append({
+            "name": name,
+            "texts_per_s": round(len(texts) / best, 1),
+            "accuracy": float(np.mean(classes[predicted] == np.asarray(labels))),
+            "agreement": float(np.mean(predicted == reference)),
+            "useful_gflops": round(gflop / best, 1),
+        })
+    return {"texts": f"{kind}: {len(texts)} texts", "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="runs/sst2-minilm")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--imdb-rows", type=int, default=300)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.model)
+        return
+    record = json.load(open(os.path.join(args.model, "bertclf.json")))
+    if "onnx-int8" not in record.get("backends", {}):
+        from bertclf.export import export
+
+        print("exporting ONNX and int8 first ...", file=sys.stderr)
+        export(args.model, int8=True, force=True)
+    names = ["pipeline", "pipeline_b32", *OURS]
+    ceilings = {p: round(matmul_ceiling_gflops(p), 1) for p in ("fp32", "bf16")}
+    short = measure("sst2", names, args.model, args.rounds, args.imdb_rows)
+    long = measure("imdb", names, args.model, args.rounds, args.imdb_rows)
+    rss = {name: run_child(__file__, ["--child", name, "--model", args.model])["peak_rss_mb"] for name in names}
+    for table in (short, long):
+        base = table["rows"][0]["texts_per_s"]
+        for row in table["rows"]:
+            row["ratio"] = round(row["texts_per_s"] / base, 2)
+            row["peak_rss_mb"] = rss[row["name"]]
+            row["share_of_ceiling"] = round(row["useful_gflops"] / ceilings["bf16" if row["name"] == "torch-bf16" else "fp32"], 3)
+    command = "python bench/inference.py " + " ".join(sys.argv[1:])
+    base = short["rows"][0]
+    payload = {
+        "texts": short["texts"],
+        "baseline": {"name": base["name"], "texts_per_s": base["texts_per_s"], "accuracy": base["accuracy"]},
+        "backends": short["rows"][1:],
+        "long_texts": long,
+        "matmul_ceiling_gflops": ceilings,
+        "command": command,
+    }
+    write_results("inference", payload, markdown([short, long], ceilings, command))
+
+
+def markdown(tables: list[dict], ceilings: dict, command: str) -> str:
+    lines = ["# Inference throughput", "",
+             "MiniLM-L6 fine-tuned on SST-2 sentences (`scripts/demo.sh`), this machine's 2 CPU cores, one process, "
+             "interleaved rounds (median). Ratio is against the HF pipeline with its default batch size. Agreement: "
+             "argmax equal to torch fp32. Peak RSS: a fresh process scoring the SST-2 texts once. "
+             f"Matmul ceiling: fp32 {ceilings['fp32']} GFLOP/s, bf16 {ceilings['bf16']} GFLOP/s (int8 rows are "
+             "shown against the fp32 ceiling).", "", f"Reproduce: `{command}`", ""]
+    for table in tables:
+        lines += [f"## {table['texts']}", "",
+                  "| contender | texts/s | ratio | accuracy | agreement | peak RSS MiB | useful GFLOP/s | share of ceiling |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in table["rows"]:
+            lines.append(f"| {r['name']} | {r['texts_per_s']:.1f} | {r['ratio']:.2f}x | {r['accuracy']:.4f} | "
+                         f"{r['agreement']:.4f} | {r['peak_rss_mb']:.0f} | {r['useful_gflops']:.1f} | {r['share_of_ceiling']:.0%} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
