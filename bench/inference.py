@@ -109,11 +109,37 @@ def measure(kind: str, names: list[str], model_dir: str, rounds: int, imdb_rows:
     return {"texts": f"{kind}: {len(texts)} texts", "rows": rows}
 
 
+def streaming_rss(model_dir: str, sizes: tuple[int, ...] = (10_000, 200_000)) -> list[dict]:
+    """Peak RSS of the real 'bertclf predict' command on inputs of each size (SST-2 phrases, cycled)."""
+    import subprocess
+    import tempfile
+
+    import pandas as pd
+
+    phrases = pd.read_csv(DATASETS / "sst2" / "train.csv", dtype=str, keep_default_na=False)["text"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            source, out = os.path.join(tmp, f"in-{size}.csv"), os.path.join(tmp, f"out-{size}.csv")
+            pd.DataFrame({"text": [phrases[i % len(phrases)] for i in range(size)]}).to_csv(source, index=False)
+            start = time.perf_counter()
+            proc = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "bertclf", "predict", model_dir,
+                                   source, "-o", out], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            if proc.returncode:
+                raise RuntimeError(proc.stderr[-2000:])
+            seconds = time.perf_counter() - start
+            rows.append({"texts": size, "peak_rss_mb": round(int(proc.stderr.strip().splitlines()[-1]) / 1024, 1),
+                         "texts_per_s": round(size / seconds, 1)})
+            print(f"  predict {size} texts: {rows[-1]}", file=sys.stderr)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="runs/sst2-minilm")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--imdb-rows", type=int, default=300)
+    parser.add_argument("--streaming", action="store_true", help="also measure predict's peak RSS on 10k vs 200k texts")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -146,10 +172,12 @@ def main() -> None:
         "matmul_ceiling_gflops": ceilings,
         "command": command,
     }
-    write_results("inference", payload, markdown([short, long], ceilings, command))
+    if args.streaming:
+        payload["streaming_predict"] = streaming_rss(args.model)
+    write_results("inference", payload, markdown([short, long], ceilings, command, payload.get("streaming_predict")))
 
 
-def markdown(tables: list[dict], ceilings: dict, command: str) -> str:
+def markdown(tables: list[dict], ceilings: dict, command: str, streaming: list[dict] | None) -> str:
     lines = ["# Inference throughput", "",
              "MiniLM-L6 fine-tuned on SST-2 sentences (`scripts/demo.sh`), this machine's 2 CPU cores, one process, "
              "interleaved rounds (median). Ratio is against the HF pipeline with its default batch size. Agreement: "
@@ -164,6 +192,11 @@ def markdown(tables: list[dict], ceilings: dict, command: str) -> str:
             lines.append(f"| {r['name']} | {r['texts_per_s']:.1f} | {r['ratio']:.2f}x | {r['accuracy']:.4f} | "
                          f"{r['agreement']:.4f} | {r['peak_rss_mb']:.0f} | {r['useful_gflops']:.1f} | {r['share_of_ceiling']:.0%} |")
         lines.append("")
+    if streaming:
+        lines += ["## Streaming: peak RSS of `bertclf predict` (backend auto) by input size", "",
+                  "| texts | peak RSS MiB | texts/s (whole command) |", "|---|---|---|"]
+        lines += [f"| {r['texts']} | {r['peak_rss_mb']:.0f} | {r['texts_per_s']:.0f} |" for r in streaming]
+        lines.append(f"\nRatio 200k/10k: {streaming[-1]['peak_rss_mb'] / streaming[0]['peak_rss_mb']:.3f}\n")
     return "\n".join(lines)
 
 

@@ -164,7 +164,7 @@ def markdown(tables: list[dict], ceilings: dict, args, command: str) -> str:
         "",
     ]
     for table in tables:
-        sample = f", a seeded sample of the train split" if table["train_sample"] else ""
+        sample = ", a seeded sample of the train split" if table["train_sample"] else ""
         lines += [f"## {table['dataset']} ({table['runs'][0]['train_rows']} train{sample} / {table['runs'][0]['dev_rows']} dev)", "",
                   "| run | precision | samples/s | ratio | dev accuracy | peak RSS MiB | useful GFLOP/s | share of ceiling | train s |",
                   "|---|---|---|---|---|---|---|---|---|"]

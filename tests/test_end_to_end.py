@@ -183,3 +183,17 @@ def test_a_second_fit_in_one_process_can_change_precision_and_accumulation(tiny_
     TextClassifier(model=tiny_model_dir, **{**FAST, "epochs": 1}).fit(texts, labels)
     clf = TextClassifier(model=tiny_model_dir, precision="fp32", grad_accum=2, **{**FAST, "epochs": 1}).fit(texts, labels)
     assert clf.precision_ == "fp32"
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl", "parquet"])
+def test_predict_streams_in_chunks_with_the_same_result(sst_binary, tmp_path, write, suffix):
+    _, path, dev = sst_binary
+    source = write(f"in.{suffix}", dev.assign(id=range(len(dev))))
+    outputs = {}
+    for chunk in (7, 8192):
+        out = tmp_path / f"out-{chunk}.{suffix}"
+        assert main(["predict", path, source, "-o", str(out), "--chunk-rows", str(chunk), "--backend", "torch"]) == 0
+        outputs[chunk] = {"csv": pd.read_csv, "jsonl": lambda p: pd.read_json(p, lines=True), "parquet": pd.read_parquet}[suffix](out)
+    pd.testing.assert_frame_equal(outputs[7], outputs[8192])
+    assert outputs[7]["id"].tolist() == list(range(len(dev)))
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]

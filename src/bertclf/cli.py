@@ -60,7 +60,7 @@ def _train_parser(sub) -> None:
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="model directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file with any of these options (dashes or underscores)")
-    p.add_argument("--model", help=f"HF model id or local directory (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--model", help="HF model id or local directory (default: the packaged all-MiniLM-L6-v2)")
     _add_data_flags(p)
     p.add_argument("--task", choices=("auto", "binary", "multiclass", "multilabel"),
                    help=f"auto: lists or --label-sep in labels → multilabel, 2 classes → binary (default: {defaults['task']})")
@@ -287,11 +287,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = clf.evaluate(data.texts, data.labels, where=args.file)
     out_dir = args.output_dir or f"eval-{Path(args.file).stem}"
     os.makedirs(out_dir, exist_ok=True)
-    report = {"model": os.path.abspath(args.model_dir), "data": data.source, "classes": clf.classes_, **metrics}
+    report = {"model": os.path.abspath(args.model_dir), "backend": clf.backend_, "data": data.source,
+              "classes": clf.classes_, **metrics}
     atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     png = os.path.join(out_dir, "confusion_matrix.png" if "confusion_matrix" in metrics else "per_label_f1.png")
     plot(metrics, clf.classes_, png)
-    render(metrics, clf.classes_, f"{args.file} ({metrics['rows']} texts)")
+    render(metrics, clf.classes_, f"{args.file} ({metrics['rows']} texts, backend {clf.backend_})")
     print(f"wrote {os.path.join(out_dir, 'metrics.json')} and {png}")
     return 0
 
@@ -310,40 +311,69 @@ def _predict_parser(sub) -> None:
     p.add_argument("--output", "-o", metavar="OUT", help="output .csv/.tsv/.jsonl/.parquet (default: JSONL on stdout)")
     p.add_argument("--text-column", default="text", help="column holding the text (default: text)")
     p.add_argument("--top-k", type=int, metavar="K", help="also list the K most probable classes per text")
+    p.add_argument("--chunk-rows", type=int, default=8192, metavar="N",
+                   help="rows read, scored and written at a time: memory stays flat in the input size (default: 8192)")
     _add_backend_flags(p)
     p.set_defaults(run=cmd_predict)
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+def _stdin_tables(chunk_rows: int):
+    """One text per line of stdin, in chunks, as tables with line numbers."""
+    import itertools
+
     import pandas as pd
 
+    from .data import Table
+
+    numbered = enumerate((line.rstrip("\r\n") for line in sys.stdin), start=1)
+    while chunk := list(itertools.islice(numbered, chunk_rows)):
+        numbers, texts = zip(*chunk)
+        yield Table("<stdin>", pd.DataFrame({"text": list(texts)}), list(numbers), "line")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import time
+
+    from tqdm.auto import tqdm
+
     from .artifact import read_record
-    from .data import read_table, read_texts
+    from .data import iter_tables, read_texts
     from .estimator import TextClassifier
-    from .predict import output_format, prediction_frame, write_frame
+    from .predict import PredictionWriter, output_format, prediction_frame
 
     read_record(args.model_dir)
     if args.output not in (None, "-"):
         output_format(args.output)
     if args.top_k is not None and args.top_k < 1:
         raise BertclfError(f"--top-k {args.top_k}: must be at least 1")
+    if args.chunk_rows < 1:
+        raise BertclfError(f"--chunk-rows {args.chunk_rows}: must be at least 1")
     if args.file == "-":
-        texts = [line.rstrip("\r\n") for line in sys.stdin]
-        inputs = pd.DataFrame({"text": texts})
+        args.text_column = "text"
+        chunks = _stdin_tables(args.chunk_rows)
     else:
-        table = read_table(args.file)
-        texts, _ = read_texts(table, args.text_column, empty="keep")
-        inputs = table.frame
-    empty = sum(1 for t in texts if not t.strip())
+        chunks = iter_tables(args.file, args.chunk_rows)
+        read_texts(next(iter_tables(args.file, 1)), args.text_column, empty="keep")  # fail before loading the model
+
+    clf = TextClassifier.load(args.model_dir, backend=args.backend, threads=args.threads)
+    to_file = args.output not in (None, "-")
+    flat = to_file and output_format(args.output) in ("csv", "tsv")
+    empty, started = 0, time.perf_counter()
+    bar = tqdm(unit=" texts", disable=not to_file, file=sys.stderr)
+    with PredictionWriter(args.output) as writer:
+        for table in chunks:
+            texts, _ = read_texts(table, args.text_column, empty="keep")
+            empty += sum(1 for t in texts if not t.strip())
+            predicted, probs = clf.predict_with_proba(texts)
+            writer.write(prediction_frame(table.frame, probs, predicted, clf.classes_, args.top_k, flat))
+            bar.update(len(texts))
+    bar.close()
     if empty:
         print(f"warning: {empty} empty text(s) were scored as empty strings", file=sys.stderr)
-    clf = TextClassifier.load(args.model_dir, backend=args.backend, threads=args.threads)
-    predicted, probs = clf.predict_with_proba(texts)
-    flat = args.output not in (None, "-") and output_format(args.output) in ("csv", "tsv")
-    frame = prediction_frame(inputs, probs, predicted, clf.classes_, args.top_k, flat)
-    write_frame(frame, args.output)
-    if args.output not in (None, "-"):
-        print(f"wrote {len(frame)} predictions to {args.output}", file=sys.stderr)
+    if to_file:
+        seconds = time.perf_counter() - started
+        print(f"wrote {writer.rows} predictions to {args.output} ({writer.rows / seconds:.0f} texts/s, "
+              f"backend {clf.backend_})", file=sys.stderr)
     return 0
 
 

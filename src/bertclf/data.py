@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import math
 import os
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +34,7 @@ class Table:
     frame: pd.DataFrame
     row_numbers: list[int]  # CSV/TSV: header is row 1; JSONL: line number; Parquet: 1-based row
     row_word: str  # "row" or "line", used in messages
-    sha256: str
+    sha256: str = ""  # of the whole file; empty for a chunk of it
 
     def where(self, positions: Sequence[int]) -> str:
         """Name rows (by position in the frame) the way the user will find them."""
@@ -47,7 +46,7 @@ class Table:
 
     @property
     def path_format(self) -> str:
-        return FORMATS[Path(self.path).suffix.lower()]
+        return FORMATS.get(Path(self.path).suffix.lower(), "")
 
 
 @dataclass
@@ -68,50 +67,80 @@ def file_format(path: str | os.PathLike) -> str:
     return FORMATS[suffix]
 
 
+def _not_utf8(path: str, line: int, byte: int) -> BertclfError:
+    return BertclfError(
+        f"{path} line {line}: byte 0x{byte:02X} is not valid UTF-8; re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+    )
+
+
 def _decode_utf8(path: str, raw: bytes) -> str:
     try:
         return raw.decode("utf-8-sig")  # a BOM (Excel's habit) is valid UTF-8 and is dropped
     except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise BertclfError(
-            f"{path} line {line}: byte 0x{raw[err.start]:02X} is not valid UTF-8; "
-            "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
-        ) from None
+        raise _not_utf8(path, raw[: err.start].count(b"\n") + 1, raw[err.start]) from None
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_table(path: str | os.PathLike) -> Table:
-    """Read any supported file into a DataFrame of strings (lists kept for JSONL/Parquet labels)."""
+    """Read a whole supported file into a DataFrame of strings (lists kept for JSONL/Parquet labels)."""
+    chunks = list(iter_tables(path, chunk_rows=1 << 20))
+    frame = pd.concat([c.frame for c in chunks], ignore_index=True) if len(chunks) > 1 else chunks[0].frame
+    rows = [n for c in chunks for n in c.row_numbers]
+    return Table(str(path), frame, rows, chunks[0].row_word, file_sha256(str(path)))
+
+
+def iter_tables(path: str | os.PathLike, chunk_rows: int = 4096) -> Iterator[Table]:
+    """The file in chunks of at most ``chunk_rows`` rows, so memory stays flat whatever its size.
+
+    Each chunk is checked as it is read; row numbers continue across chunks. Chunks carry no sha256.
+    """
     path = str(path)
     fmt = file_format(path)
     if not os.path.exists(path):
         raise BertclfError(f"{path}: no such file; check the path")
     if os.path.isdir(path):
         raise BertclfError(f"{path}: is a directory, expected a {fmt.upper()} file")
-    with open(path, "rb") as fh:
-        raw = fh.read()
-    sha256 = hashlib.sha256(raw).hexdigest()
-    if not raw.strip():
+    if os.path.getsize(path) == 0:
         raise BertclfError(f"{path}: the file is empty; it needs a header and at least one data row")
-
-    if fmt in ("csv", "tsv"):
-        frame, row_numbers, row_word = _read_delimited(path, _decode_utf8(path, raw), "," if fmt == "csv" else "\t")
-    elif fmt == "jsonl":
-        frame, row_numbers, row_word = _read_jsonl(path, _decode_utf8(path, raw))
+    if fmt == "jsonl":
+        chunks = _iter_jsonl(path, chunk_rows)
+    elif fmt == "parquet":
+        chunks = _iter_parquet(path, chunk_rows)
     else:
-        frame, row_numbers, row_word = _read_parquet(path, raw)
-    if len(frame) == 0:
+        chunks = _iter_delimited(path, "," if fmt == "csv" else "\t", chunk_rows)
+    rows = 0
+    for frame, row_numbers, row_word in chunks:
+        rows += len(frame)
+        yield Table(path, frame.reset_index(drop=True), row_numbers, row_word, "")
+    if rows == 0:
         raise BertclfError(f"{path}: no data rows, only a header; add labelled rows")
-    return Table(path, frame.reset_index(drop=True), row_numbers, row_word, sha256)
 
 
-def _read_delimited(path: str, text: str, sep: str) -> tuple[pd.DataFrame, list[int], str]:
-    header = next(csv.reader(io.StringIO(text), delimiter=sep), [])
-    duplicated = sorted({name for name in header if header.count(name) > 1})
-    if duplicated:
-        raise BertclfError(f"{path} row 1: duplicate column name(s) {duplicated}; rename them so each is unique")
+def _iter_delimited(path: str, sep: str, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, list[int], str]]:
+    kind = "CSV" if sep == "," else "TSV"
     try:
-        # keep_default_na=False: the text "NA" or "null" is a text, not a missing value.
-        frame = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, na_filter=False)
+        with open(path, encoding="utf-8-sig", newline="") as fh:  # a BOM (Excel's habit) is valid UTF-8, dropped
+            header = next(csv.reader(fh, delimiter=sep), [])
+            duplicated = sorted({name for name in header if header.count(name) > 1})
+            if duplicated:
+                raise BertclfError(f"{path} row 1: duplicate column name(s) {duplicated}; rename them so each is unique")
+            fh.seek(0)
+            first = 0
+            # keep_default_na=False: the text "NA" or "null" is a text, not a missing value.
+            for frame in pd.read_csv(fh, sep=sep, dtype=str, keep_default_na=False, na_filter=False, chunksize=chunk_rows):
+                yield frame, [first + i + 2 for i in range(len(frame))], "row"
+                first += len(frame)
+    except UnicodeDecodeError:
+        with open(path, "rb") as fh:
+            _decode_utf8(path, fh.read())  # raises, naming the line
+        raise
     except pd.errors.ParserError as err:
         message = str(err).strip().replace("\n", " ")
         unclosed = re.search(r"EOF inside string starting at row (\d+)", message)
@@ -121,38 +150,49 @@ def _read_delimited(path: str, text: str, sep: str) -> tuple[pd.DataFrame, list[
                 'close the quote, or write a quote inside a quoted field as ""'
             ) from None
         raise BertclfError(
-            f"{path}: malformed {'CSV' if sep == ',' else 'TSV'} ({message}); "
-            "quote fields that contain the separator, quotes or newlines"
+            f"{path}: malformed {kind} ({message}); quote fields that contain the separator, quotes or newlines"
         ) from None
     except pd.errors.EmptyDataError:
         raise BertclfError(f"{path}: the file is empty; it needs a header and at least one data row") from None
-    return frame, [i + 2 for i in range(len(frame))], "row"
 
 
-def _read_jsonl(path: str, text: str) -> tuple[pd.DataFrame, list[int], str]:
-    records, line_numbers = [], []
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise BertclfError(f"{path} line {number}: invalid JSON ({err.msg}); each line must be one JSON object") from None
-        if not isinstance(record, dict):
-            raise BertclfError(f"{path} line {number}: expected a JSON object like {{\"text\": ..., \"label\": ...}}")
-        records.append(record)
-        line_numbers.append(number)
-    return pd.DataFrame.from_records(records), line_numbers, "line"
+def _iter_jsonl(path: str, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, list[int], str]]:
+    records, numbers = [], []
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise _not_utf8(path, number, raw[err.start]) from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise BertclfError(f"{path} line {number}: invalid JSON ({err.msg}); each line must be one JSON object") from None
+            if not isinstance(record, dict):
+                raise BertclfError(f"{path} line {number}: expected a JSON object like {{\"text\": ..., \"label\": ...}}")
+            records.append(record)
+            numbers.append(number)
+            if len(records) >= chunk_rows:
+                yield pd.DataFrame.from_records(records), numbers, "line"
+                records, numbers = [], []
+    if records:
+        yield pd.DataFrame.from_records(records), numbers, "line"
 
 
-def _read_parquet(path: str, raw: bytes) -> tuple[pd.DataFrame, list[int], str]:
+def _iter_parquet(path: str, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, list[int], str]]:
     import pyarrow.parquet as pq
 
     try:
-        frame = pq.read_table(io.BytesIO(raw)).to_pandas()
-    except Exception as err:  # pyarrow raises several unrelated types for a damaged file
+        batches = pq.ParquetFile(path).iter_batches(batch_size=chunk_rows)
+        first = 0
+        for batch in batches:
+            frame = batch.to_pandas()
+            yield frame, [first + i + 1 for i in range(len(frame))], "row"
+            first += len(frame)
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError, ArrowIOError an OSError
         raise BertclfError(f"{path}: not a readable Parquet file ({err}); re-export it") from None
-    return frame, [i + 1 for i in range(len(frame))], "row"
 
 
 def _missing(value) -> bool:
