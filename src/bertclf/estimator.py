@@ -242,7 +242,6 @@ class TextClassifier:
         clf.precision_, clf.data_, clf.truncated_ = record["precision"], record["data"], record["truncated"]
         clf.history_, clf.best_epoch_ = record["history"], record["best_epoch"]
         clf.training_, clf.metrics_ = record["training"], record["metrics"]
-        clf.record_ = record
         clf.backend_ = backends.choose(record, backend)
         clf._backend_logits = backends.make(clf.backend_, path, clf.model_, tokenizer.pad_token_id, threads)
         return clf
