@@ -81,3 +81,19 @@ def write(tmp_path):
         return str(path)
 
     return _write
+
+
+FAST = dict(epochs=2, batch_size=16, lr=1e-3, max_length=64, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def sst_binary(tmp_path_factory, tiny_model_dir):
+    """One fitted and saved binary classifier (tiny model, real SST-2 subset) shared by the API and server tests."""
+    from bertclf import TextClassifier
+
+    train, dev = subset("sst2_sentences", "train", 240), subset("sst2_sentences", "dev", 80)
+    clf = TextClassifier(model=tiny_model_dir, **FAST)
+    clf.fit(train.text.tolist(), train.label.tolist(), eval_set=(dev.text.tolist(), dev.label.tolist()))
+    path = tmp_path_factory.mktemp("artifacts") / "sst"
+    clf.save(str(path))
+    return clf, str(path), dev

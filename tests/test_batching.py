@@ -40,6 +40,14 @@ def test_token_budget_batches_respect_the_budget_and_cover_all():
         assert len(batch) == 1 or len(batch) * max(lens[i] for i in batch) <= 2048
 
 
+def test_token_budget_batches_bound_padding_per_row():
+    lens = lengths(300)
+    batches = token_budget_batches(lens, max_tokens=100_000, max_batch=1000, max_padding=8)
+    assert sorted(i for b in batches for i in b) == list(range(300))
+    assert all(max(lens[i] for i in b) - lens[i] <= 8 for b in batches for i in b)
+    assert len(batches) < len(set(lens))  # rows of near lengths still share a batch
+
+
 def test_collate_pads_to_the_longest_row_only():
     batch = collate([[101, 5, 102], [101, 102]], pad_id=0)
     assert batch["input_ids"].tolist() == [[101, 5, 102], [101, 102, 0]]

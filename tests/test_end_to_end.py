@@ -12,21 +12,7 @@ import pytest
 from bertclf import TextClassifier
 from bertclf.cli import main
 
-from .conftest import subset
-
-FAST = dict(epochs=2, batch_size=16, lr=1e-3, max_length=64, verbose=False)
-
-
-@pytest.fixture(scope="module")
-def sst_binary(tmp_path_factory, tiny_model_dir):
-    """One fitted and saved binary classifier shared by the API tests."""
-    train, dev = subset("sst2_sentences", "train", 240), subset("sst2_sentences", "dev", 80)
-    clf = TextClassifier(model=tiny_model_dir, **FAST)
-    clf.fit(train.text.tolist(), train.label.tolist(), eval_set=(dev.text.tolist(), dev.label.tolist()))
-    path = tmp_path_factory.mktemp("artifacts") / "sst"
-    clf.save(str(path))
-    return clf, str(path), dev
-
+from .conftest import FAST, subset
 
 def test_artifact_layout_and_record(sst_binary):
     clf, path, dev = sst_binary

@@ -100,14 +100,21 @@ class LengthGroupedBatches(Sampler[list[int]]):
             yield batches[b]
 
 
-def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_batch: int) -> list[list[int]]:
-    """Longest-first batches whose padded size (rows × longest row) stays within ``max_tokens``."""
+def token_budget_batches(
+    lengths: Sequence[int], max_tokens: int, max_batch: int, max_padding: int | None = None
+) -> list[list[int]]:
+    """Longest-first batches whose padded size (rows × longest row) stays within ``max_tokens``.
+
+    ``max_padding`` also starts a new batch when a row would get more pad tokens than that: for a mix of
+    lengths (a server's batch of unrelated requests) padding otherwise costs more than one more forward call.
+    """
     order = np.argsort(-np.asarray(lengths), kind="stable").tolist()
     batches: list[list[int]] = []
     current: list[int] = []
     for i in order:
         width = lengths[current[0]] if current else lengths[i]
-        if current and (len(current) + 1 > max_batch or (len(current) + 1) * width > max_tokens):
+        too_padded = max_padding is not None and width - lengths[i] > max_padding
+        if current and (len(current) + 1 > max_batch or (len(current) + 1) * width > max_tokens or too_padded):
             batches.append(current)
             current = []
         current.append(i)

@@ -377,6 +377,52 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- serve
+def _serve_parser(sub) -> None:
+    from .serve import Limits
+
+    d = Limits()
+    p = sub.add_parser(
+        "serve",
+        help="serve a saved model over HTTP, batching concurrent requests together",
+        description="POST /v1/classify {\"texts\": [...], \"top_k\": k}; GET /v1/model, /healthz, /readyz, /metrics "
+        "(Prometheus); OpenAPI docs at /docs. Concurrent requests are queued and run together, up to "
+        "--max-batch-tokens padded tokens or --max-wait-ms, on one thread that owns the model. SIGTERM drains "
+        "the requests in flight and exits 0.",
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    _add_backend_flags(p)
+    p.add_argument("--max-batch-tokens", type=int, default=d.max_batch_tokens, metavar="N",
+                   help=f"padded tokens (longest text x texts) per model call (default: {d.max_batch_tokens})")
+    p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, metavar="MS",
+                   help=f"how long a batch waits for more requests once it has one (default: {d.max_wait_ms})")
+    p.add_argument("--max-queue", type=int, default=d.max_queue_texts, metavar="TEXTS",
+                   help=f"texts allowed to wait; beyond it requests get 503 + Retry-After (default: {d.max_queue_texts})")
+    p.add_argument("--max-texts", type=int, default=d.max_texts, help=f"texts per request (default: {d.max_texts}; more: 413)")
+    p.add_argument("--max-chars", type=int, default=d.max_chars, help=f"characters per text (default: {d.max_chars}; more: 413)")
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help=f"request body size (default: {d.max_body_bytes}; more: 413)")
+    p.add_argument("--api-key-env", metavar="NAME", help="require 'Authorization: Bearer <key>' with the key read from env var NAME")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
+                   help="uvicorn log level (default: info)")
+    p.set_defaults(run=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .artifact import read_record
+    from .serve import Limits, serve
+
+    read_record(args.model_dir)
+    limits = Limits(max_texts=args.max_texts, max_chars=args.max_chars, max_body_bytes=args.max_body_bytes,
+                    max_queue_texts=args.max_queue, max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms)
+    small = [f"--{name.replace('_', '-')}" for name, value in limits.__dict__.items() if value < (0 if name == "max_wait_ms" else 1)]
+    if small:
+        raise BertclfError(f"{small[0]} must be at least {0 if small[0] == '--max-wait-ms' else 1}")
+    serve(args.model_dir, args.host, args.port, args.backend, args.threads, limits, args.api_key_env, args.log_level)
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- info
 def _info_parser(sub) -> None:
     p = sub.add_parser("info", help="show a saved model's labels, task, base model, data and metrics")
@@ -418,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bertclf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_train_parser, _validate_parser, _evaluate_parser, _predict_parser, _export_parser, _info_parser):
+    for add in (_train_parser, _validate_parser, _evaluate_parser, _predict_parser, _export_parser, _serve_parser, _info_parser):
         add(sub)
     return parser
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import artifact, backends
-from .batching import encode
+from .batching import Encoded, encode
 from .checkpoints import Checkpointing
 from .data import check_classes, check_known_labels, content_sha256, infer_task, label_counts
 from .errors import BertclfError
@@ -248,17 +248,25 @@ class TextClassifier:
 
     # ------------------------------------------------------------------ helpers
     def _logits(self, texts: Sequence[str]) -> np.ndarray:
+        return self._forward(self._encode(texts))
+
+    def _encode(self, texts: Sequence[str]) -> Encoded:
+        """Token ids as training made them (same tokenizer, same truncation); refuses non-strings clearly."""
         self._check_fitted()
         texts = [t if isinstance(t, str) else _not_a_string(t) for t in texts]
         try:
-            encoded = encode(self.tokenizer_, texts, self.max_length)
+            return encode(self.tokenizer_, texts, self.max_length)
         except TypeError:  # the Rust tokenizer's only complaint about a str: one that is not valid Unicode
             bad = [i for i, t in enumerate(texts) if not _encodable(t)]
             raise BertclfError(f"texts at positions {bad[:10]} are not valid Unicode (lone surrogates); clean them") from None
+
+    def _forward(self, encoded: Encoded) -> np.ndarray:
+        """Logits in input order from the loaded backend (torch fp32 right after fit)."""
         run = getattr(self, "_backend_logits", None)
         if run is not None:
             return run(encoded)
-        return predict_logits(self.model_, encoded, self.tokenizer_.pad_token_id, progress=self.verbose and len(texts) > 5000)
+        progress = self.verbose and len(encoded.input_ids) > 5000
+        return predict_logits(self.model_, encoded, self.tokenizer_.pad_token_id, progress=progress)
 
     def _targets(self, labels: Sequence) -> torch.Tensor:
         index = {name: i for i, name in enumerate(self.classes_)}

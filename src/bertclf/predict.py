@@ -16,6 +16,8 @@ from .errors import BertclfError
 
 MAX_BATCH_TOKENS = 4096  # padded tokens per forward pass: fills the cores; 16384 was slower and used more memory
 MAX_BATCH_ROWS = 128
+MAX_PADDING = 8  # pad tokens one row may get before a new batch starts; measured on mixed SST-2 batches:
+# random 32-text batches of onnx-int8 ran 1.5-2x faster split this way than padded to their longest text
 
 
 def batched_logits(
@@ -25,7 +27,7 @@ def batched_logits(
     from tqdm.auto import tqdm
 
     out: np.ndarray | None = None
-    batches = token_budget_batches(encoded.lengths, MAX_BATCH_TOKENS, MAX_BATCH_ROWS)
+    batches = token_budget_batches(encoded.lengths, MAX_BATCH_TOKENS, MAX_BATCH_ROWS, MAX_PADDING)
     for rows in tqdm(batches, desc="predict", disable=not progress, file=sys.stderr, leave=False):
         logits = forward(collate([encoded.input_ids[i] for i in rows], pad_id))
         if out is None:
