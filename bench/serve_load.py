@@ -142,7 +142,7 @@ async def drive(url: str, texts: list[str], concurrency: int, per_request: int, 
                 code = "connection"
             done = loop.time()
             stats["statuses"][str(code)] = stats["statuses"].get(str(code), 0) + 1
-            if sent >= measure_from and done <= end:
+            if measure_from <= done <= end:  # completed inside the window, whenever it was sent
                 if code == 200:
                     latencies.append(done - sent)
                     stats["texts"] += per_request
@@ -151,17 +151,29 @@ async def drive(url: str, texts: list[str], concurrency: int, per_request: int, 
             if bad_queue:
                 await one_bad(session)
 
+    import resource
+
+    client_cpu = resource.getrusage(resource.RUSAGE_SELF)
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
         tasks = [asyncio.create_task(client(session)) for _ in range(concurrency)]
         if on_started:
             await on_started()
-        await asyncio.gather(*tasks)
+        if bad:
+            await asyncio.gather(*tasks)
+        else:  # requests still unanswered when the window closes are abandoned, not waited for
+            _, late = await asyncio.wait(tasks, timeout=max(end - loop.time(), 0) + 1.0)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    client_seconds = used.ru_utime + used.ru_stime - client_cpu.ru_utime - client_cpu.ru_stime
     ms = np.asarray(latencies) * 1000 if latencies else np.asarray([float("nan")])
     return {
-        "texts_per_s": stats["texts"] / seconds,
+        "texts_per_s": stats["texts"] / seconds if seconds else float("nan"),
         "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99)),
         "errors": stats["errors"], "requests": len(latencies), "statuses": stats["statuses"], "bad": stats["bad"],
+        "client_cores": client_seconds / max(loop.time() - begin, 1e-9),  # CPU the load generator itself used
     }
 
 
@@ -212,7 +224,7 @@ def main() -> None:
                 for concurrency in CONCURRENCY:
                     row = asyncio.run(drive(url, texts, concurrency, per_request, args.seconds))
                     runs.append({"server": name, "concurrency": concurrency, "texts_per_request": per_request,
-                                 **{k: row[k] for k in ("texts_per_s", "p50_ms", "p95_ms", "p99_ms", "errors", "requests")}})
+                                 **{k: row[k] for k in ("texts_per_s", "p50_ms", "p95_ms", "p99_ms", "errors", "requests", "client_cores")}})
                     print(json.dumps(runs[-1]), flush=True)
         finally:
             proc.terminate()
@@ -270,12 +282,12 @@ def markdown(p: dict) -> str:
         f"{p['sigterm_under_load']['answered_200']} requests answered 200, {p['sigterm_under_load']['answered_5xx']} 5xx, "
         f"{p['sigterm_under_load']['refused_after_sigterm']} refused at the socket after the signal.",
         "",
-        "| server | concurrency | texts/request | texts/s | p50 ms | p95 ms | p99 ms | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| server | concurrency | texts/request | texts/s | p50 ms | p95 ms | p99 ms | errors | client CPU (cores) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in p["runs"]:
         lines.append(f"| {r['server']} | {r['concurrency']} | {r['texts_per_request']} | {r['texts_per_s']:.1f} | "
-                     f"{r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} |")
+                     f"{r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors']} | {r['client_cores']:.2f} |")
     lines += ["", "naive = `bench/naive_server.py`: `transformers.pipeline` (torch fp32) in a sync FastAPI endpoint, "
               "one forward pass per request, no batching across requests.", ""]
     return "\n".join(lines)

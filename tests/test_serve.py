@@ -109,7 +109,8 @@ def test_chunked_body_over_the_limit_is_413(client):
     assert "request body over 4000 bytes" in reply.json()["error"]
 
 
-def test_concurrent_requests_share_batches_and_get_their_own_rows():
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_concurrent_requests_share_batches_and_get_their_own_rows(lanes):
     calls: list[int] = []
 
     def forward(encoded: Encoded) -> np.ndarray:
@@ -118,7 +119,7 @@ def test_concurrent_requests_share_batches_and_get_their_own_rows():
         return np.asarray([[float(ids[0])] for ids in encoded.input_ids])
 
     async def scenario():
-        batcher = MicroBatcher(forward, Limits(max_wait_ms=5, max_batch_tokens=10_000), lambda *a: None)
+        batcher = MicroBatcher(forward, Limits(max_wait_ms=5, max_batch_tokens=10_000), lambda *a: None, lanes)
         batcher.start()
         requests = [Encoded([[i, 1, 2], [i + 1000, 1]], 0) for i in range(40)]
         outs = await asyncio.gather(*(batcher.submit(r) for r in requests))

@@ -73,31 +73,49 @@ class Collator:
 
 
 class LengthGroupedBatches(Sampler[list[int]]):
-    """Shuffled, length-grouped training batches; call :meth:`set_epoch` for a new order each epoch."""
+    """Shuffled, length-grouped training batches; call :meth:`set_epoch` for a new order each epoch.
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, window_batches: int = 50):
+    ``batch_size`` is the global batch: with ``num_replicas`` processes every process draws the same seeded
+    batches and takes rows ``rank::num_replicas`` of each, so one optimizer step sees the same texts however
+    many processes share it. (accelerate's own sharding would drop the short batches that end each window.)
+    A batch with fewer rows than processes is merged into its neighbour so that every process gets rows.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, window_batches: int = 50,
+                 num_replicas: int = 1, rank: int = 0):
+        if len(lengths) < num_replicas:
+            raise ValueError(f"{len(lengths)} training texts cannot be shared by {num_replicas} processes")
         self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
         self.seed = seed
         self.window = batch_size * window_batches
+        self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
+        return len(self._global_batches())
 
     def __iter__(self) -> Iterator[list[int]]:
+        for batch in self._global_batches():
+            yield batch[self.rank :: self.num_replicas]
+
+    def _global_batches(self) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(len(self.lengths))
         batches = []
         for start in range(0, len(order), self.window):
             window = order[start : start + self.window]
             window = window[np.argsort(-self.lengths[window], kind="stable")]
-            batches += [window[i : i + self.batch_size].tolist() for i in range(0, len(window), self.batch_size)]
-        for b in rng.permutation(len(batches)):
-            yield batches[b]
+            cut = [window[i : i + self.batch_size].tolist() for i in range(0, len(window), self.batch_size)]
+            if len(cut) > 1 and len(cut[-1]) < self.num_replicas:
+                cut[-2] += cut.pop()
+            batches += cut
+        if len(batches) > 1 and len(batches[-1]) < self.num_replicas:  # a last window smaller than the process count
+            batches[-2] += batches.pop()
+        return [batches[b] for b in rng.permutation(len(batches))]
 
 
 def token_budget_batches(

@@ -103,6 +103,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .data import read_splits
     from .estimator import TextClassifier
     from .metrics import check_metric, render
+    from .modeling import is_main_process
 
     options = merge(args.config, vars(args))
     check_output_free(args.output, args.overwrite)
@@ -112,7 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     splits, task, _ = read_splits(args.train_file, args.dev, args.test, task=options["task"], **data_options)
     train, multilabel = splits["train"], task == "multilabel"
     check_metric(options["metric"], multilabel)
-    if options["verbose"]:
+    if options["verbose"] and is_main_process():
         _report_dropped(splits)
         for line in validation.warnings(validation.report(splits, multilabel)):
             print(f"warning: {line}", file=sys.stderr)
@@ -138,6 +139,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         kept = checkpoints.complete(directory_for(args.output))
         hint = f"; the last checkpoint is {kept[-1]}: rerun with --resume" if kept else ""
         raise BertclfInterrupted(f"interrupted: no model was written{hint}") from None
+    if not is_main_process():  # under accelerate launch / torchrun, rank 0 alone scores the test set and writes
+        return 0
     if "test" in splits:
         test = splits["test"]
         clf.metrics_["test"] = clf.evaluate(test.texts, test.labels, where=args.test)
@@ -172,6 +175,29 @@ def _add_backend_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "torch-bf16", "onnx", "onnx-int8"),
                    help="inference engine; auto: the fastest one 'bertclf export' checked on the dev set, else torch")
     p.add_argument("--threads", type=int, help="CPU threads for inference (default: all cores)")
+
+
+# -------------------------------------------------------------------------------- merge-predictions
+def _merge_parser(sub) -> None:
+    p = sub.add_parser(
+        "merge-predictions",
+        help="join the outputs of 'predict --shard I/N' back into one file in input order",
+        description="Reads the N shard outputs (any order on the command line), checks that together they hold every "
+        "input row exactly once (no shard missing, none overlapping), and writes them in input order without "
+        "the input_row column: the same rows an unsharded 'bertclf predict' writes. Streams; memory stays flat.",
+    )
+    p.add_argument("shards", nargs="+", metavar="SHARD_FILE")
+    p.add_argument("--output", "-o", required=True, metavar="OUT", help="merged .csv/.tsv/.jsonl/.parquet")
+    p.add_argument("--chunk-rows", type=int, default=8192, metavar="N", help="rows read per shard at a time")
+    p.set_defaults(run=cmd_merge)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .predict import merge_predictions
+
+    rows = merge_predictions(args.shards, args.output, args.chunk_rows)
+    print(f"merged {len(args.shards)} shards: {rows} rows to {args.output}", file=sys.stderr)
+    return 0
 
 
 # --------------------------------------------------------------------------------------------- export
@@ -313,6 +339,9 @@ def _predict_parser(sub) -> None:
     p.add_argument("--top-k", type=int, metavar="K", help="also list the K most probable classes per text")
     p.add_argument("--chunk-rows", type=int, default=8192, metavar="N",
                    help="rows read, scored and written at a time: memory stays flat in the input size (default: 8192)")
+    p.add_argument("--shard", metavar="I/N",
+                   help="score only shard I of N (0-based: rows r with r %% N == I) and add an input_row column; "
+                        "join the N outputs with 'bertclf merge-predictions'")
     _add_backend_flags(p)
     p.set_defaults(run=cmd_predict)
 
@@ -339,9 +368,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .artifact import read_record
     from .data import iter_tables, read_texts
     from .estimator import TextClassifier
-    from .predict import PredictionWriter, output_format, prediction_frame
+    from .predict import SHARD_COLUMN, PredictionWriter, output_format, parse_shard, prediction_frame
 
     read_record(args.model_dir)
+    shard = parse_shard(args.shard) if args.shard else None
     if args.output not in (None, "-"):
         output_format(args.output)
     if args.top_k is not None and args.top_k < 1:
@@ -361,11 +391,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     empty, started = 0, time.perf_counter()
     bar = tqdm(unit=" texts", disable=not to_file, file=sys.stderr)
     with PredictionWriter(args.output) as writer:
+        first_row = 0
         for table in chunks:
+            rows = range(first_row, first_row + len(table.frame))
+            first_row += len(table.frame)
+            if shard:
+                mine = [r % shard[1] == shard[0] for r in rows]
+                table = table.subset(mine)
+                if table.frame.empty:
+                    continue
             texts, _ = read_texts(table, args.text_column, empty="keep")
             empty += sum(1 for t in texts if not t.strip())
             predicted, probs = clf.predict_with_proba(texts)
-            writer.write(prediction_frame(table.frame, probs, predicted, clf.classes_, args.top_k, flat))
+            frame = prediction_frame(table.frame, probs, predicted, clf.classes_, args.top_k, flat)
+            if shard:
+                frame.insert(0, SHARD_COLUMN, [r for r, keep in zip(rows, mine) if keep])
+            writer.write(frame)
             bar.update(len(texts))
     bar.close()
     if empty:
@@ -379,7 +420,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- serve
 def _serve_parser(sub) -> None:
-    from .serve import Limits
+    from .serve import DEFAULT_LANES, Limits
 
     d = Limits()
     p = sub.add_parser(
@@ -398,6 +439,8 @@ def _serve_parser(sub) -> None:
                    help=f"padded tokens (longest text x texts) per model call (default: {d.max_batch_tokens})")
     p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, metavar="MS",
                    help=f"how long a batch waits for more requests once it has one (default: {d.max_wait_ms})")
+    p.add_argument("--lanes", type=int, default=DEFAULT_LANES, metavar="N",
+                   help=f"model worker threads sharing --threads; a batch forms while another runs (default: {DEFAULT_LANES})")
     p.add_argument("--max-queue", type=int, default=d.max_queue_texts, metavar="TEXTS",
                    help=f"texts allowed to wait; beyond it requests get 503 + Retry-After (default: {d.max_queue_texts})")
     p.add_argument("--max-texts", type=int, default=d.max_texts, help=f"texts per request (default: {d.max_texts}; more: 413)")
@@ -417,9 +460,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     limits = Limits(max_texts=args.max_texts, max_chars=args.max_chars, max_body_bytes=args.max_body_bytes,
                     max_queue_texts=args.max_queue, max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms)
     small = [f"--{name.replace('_', '-')}" for name, value in limits.__dict__.items() if value < (0 if name == "max_wait_ms" else 1)]
+    if args.lanes < 1:
+        small.append("--lanes")
     if small:
         raise BertclfError(f"{small[0]} must be at least {0 if small[0] == '--max-wait-ms' else 1}")
-    serve(args.model_dir, args.host, args.port, args.backend, args.threads, limits, args.api_key_env, args.log_level)
+    serve(args.model_dir, args.host, args.port, args.backend, args.threads, limits, args.api_key_env, args.log_level, args.lanes)
     return 0
 
 
@@ -464,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bertclf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_train_parser, _validate_parser, _evaluate_parser, _predict_parser, _export_parser, _serve_parser, _info_parser):
+    for add in (_train_parser, _validate_parser, _evaluate_parser, _predict_parser, _merge_parser, _export_parser, _serve_parser, _info_parser):
         add(sub)
     return parser
 

@@ -36,6 +36,11 @@ class Table:
     row_word: str  # "row" or "line", used in messages
     sha256: str = ""  # of the whole file; empty for a chunk of it
 
+    def subset(self, keep: Sequence[bool]) -> Table:
+        """The rows where ``keep`` is true, with their original row numbers."""
+        numbers = [n for n, k in zip(self.row_numbers, keep) if k]
+        return Table(self.path, self.frame[list(keep)].reset_index(drop=True), numbers, self.row_word, "")
+
     def where(self, positions: Sequence[int]) -> str:
         """Name rows (by position in the frame) the way the user will find them."""
         shown = ", ".join(str(self.row_numbers[p]) for p in positions[:_SHOWN_ROWS])

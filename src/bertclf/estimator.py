@@ -21,7 +21,7 @@ from .checkpoints import Checkpointing
 from .data import check_classes, check_known_labels, content_sha256, infer_task, label_counts
 from .errors import BertclfError
 from .metrics import check_metric, compute
-from .modeling import DEFAULT_MODEL, device_type, load_classifier, resolve_model, training_attention
+from .modeling import DEFAULT_MODEL, device_type, is_main_process, load_classifier, resolve_model, training_attention
 from .predict import decide, predict_logits, probabilities
 
 
@@ -299,7 +299,7 @@ class TextClassifier:
             raise BertclfError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is out of range; see 'bertclf train --help'")
 
     def _say(self, message: str) -> None:
-        if self.verbose:
+        if self.verbose and is_main_process():
             print(message, file=sys.stderr)
 
 

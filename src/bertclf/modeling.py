@@ -98,6 +98,13 @@ def device_type() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def is_main_process() -> bool:
+    """False on every process but rank 0 of an ``accelerate launch``/``torchrun`` job, which alone prints and writes."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
 def training_attention(device: str, lengths: Sequence[int]) -> str:
     """The attention kernel that trains fastest here.
 

@@ -144,3 +144,64 @@ class PredictionWriter:
             os.replace(self.tmp, self.path)
         elif self.tmp and os.path.exists(self.tmp):
             os.unlink(self.tmp)
+
+
+# ----------------------------------------------------------------------------------------- shards
+SHARD_COLUMN = "input_row"  # 0-based position of the row in the input file, written by 'predict --shard'
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """'I/N' → (I, N), 0-based like SLURM_ARRAY_TASK_ID with --array=0-(N-1)."""
+    try:
+        index, count = (int(part) for part in spec.split("/"))
+    except ValueError:
+        raise BertclfError(f"--shard {spec}: expected I/N, e.g. 0/4 for the first of 4 shards") from None
+    if count < 1 or not 0 <= index < count:
+        raise BertclfError(f"--shard {spec}: shards are numbered 0 to N-1 (e.g. 0/{max(count, 1)} … {max(count, 1) - 1}/{max(count, 1)})")
+    return index, count
+
+
+def merge_predictions(paths: Sequence[str], output: str, chunk_rows: int = 8192) -> int:
+    """Join 'predict --shard I/N' outputs into input order, refusing gaps and overlaps; returns the row count.
+
+    Shard i holds rows i, i+N, i+2N, … in order, so reading the same number of rows from every shard covers
+    one contiguous run of input rows: the merge streams chunk by chunk and checks each run is complete.
+    """
+    from .data import iter_tables
+
+    output_format(output)
+    if len(set(map(os.path.abspath, paths))) != len(paths):
+        raise BertclfError("the same shard file is listed twice; list each shard output once")
+    readers = [iter_tables(path, chunk_rows) for path in paths]
+    expected = 0
+    with PredictionWriter(output) as writer:
+        while chunks := [(path, table) for path, table in zip(paths, (next(r, None) for r in readers)) if table is not None]:
+            for path, table in chunks:
+                if SHARD_COLUMN not in table.frame.columns:
+                    raise BertclfError(f"{path}: no {SHARD_COLUMN} column; is it the output of 'bertclf predict --shard I/N'?")
+            frame = pd.concat([table.frame for _, table in chunks], ignore_index=True)
+            rows = pd.to_numeric(frame[SHARD_COLUMN], errors="coerce").to_numpy()
+            owner = np.concatenate([[path] * len(table.frame) for path, table in chunks])
+            order = np.argsort(rows, kind="stable")
+            rows, owner, frame = rows[order], owner[order], frame.iloc[order]
+            _check_run(rows, owner, expected)
+            expected += len(rows)
+            writer.write(frame.drop(columns=SHARD_COLUMN).reset_index(drop=True))
+    return expected
+
+
+def _check_run(rows: np.ndarray, owner: np.ndarray, start: int) -> None:
+    """``rows`` (sorted) must be exactly start, start+1, …; otherwise name the first gap or duplicate."""
+    want = np.arange(start, start + len(rows))
+    if np.array_equal(rows, want):
+        return
+    if np.isnan(rows).any():
+        raise BertclfError(f"{owner[np.isnan(rows)][0]}: {SHARD_COLUMN} holds a value that is not a row number")
+    repeated = np.flatnonzero(rows[1:] == rows[:-1])
+    if repeated.size:
+        i = repeated[0]
+        raise BertclfError(f"input row {int(rows[i])} is in both {owner[i]} and {owner[i + 1]}: shards overlap; "
+                           "list each shard once, all made with the same N")
+    missing = int(want[np.flatnonzero(rows != want)[0]])
+    raise BertclfError(f"input row {missing} is in none of the shard files: a shard is missing or incomplete; "
+                       f"pass all N outputs of 'predict --shard I/N'")

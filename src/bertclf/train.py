@@ -49,6 +49,25 @@ def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.
         return torch.optim.AdamW(groups, lr=lr)
 
 
+def _dev_logits(accelerator, model: torch.nn.Module, dev: Encoded, pad_id: int) -> np.ndarray:
+    """Each process scores its share of the dev set (rows rank::N); the shares are gathered, so every
+    process holds all logits and all agree on the best epoch."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if world == 1:
+        return predict_logits(model, dev, pad_id)
+    from accelerate.utils import gather_object
+
+    rows = list(range(rank, len(dev.input_ids), world))
+    mine = predict_logits(model, Encoded([dev.input_ids[i] for i in rows], 0), pad_id) if rows else None
+    shares = gather_object([(rows, mine)])
+    width = next(logits.shape[1] for _, logits in shares if logits is not None)
+    out = np.empty((len(dev.input_ids), width), dtype=np.float32)
+    for share_rows, logits in shares:
+        if share_rows:
+            out[share_rows] = logits
+    return out
+
+
 def train(
     model: torch.nn.Module,
     train_encoded: Encoded,
@@ -71,6 +90,7 @@ def train(
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
+    from accelerate.data_loader import prepare_data_loader
     from accelerate.utils import TorchDynamoPlugin
     from transformers import get_linear_schedule_with_warmup
 
@@ -87,7 +107,10 @@ def train(
     )
     show = params.verbose and accelerator.is_main_process
 
-    sampler = LengthGroupedBatches(train_encoded.lengths, params.batch_size, params.seed)
+    # batch_size is global: each process takes its share of every batch (see LengthGroupedBatches), so
+    # 1 or N processes make the same optimizer steps on the same texts.
+    sampler = LengthGroupedBatches(train_encoded.lengths, params.batch_size, params.seed,
+                                   num_replicas=accelerator.num_processes, rank=accelerator.process_index)
     loader = DataLoader(
         range(len(train_encoded.input_ids)),
         batch_sampler=sampler,
@@ -97,11 +120,15 @@ def train(
         generator=torch.Generator().manual_seed(params.seed),
     )
     optimizer = _optimizer(model, lr, params.weight_decay)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    total_steps = math.ceil(len(loader) / params.grad_accum) * params.epochs * accelerator.num_processes
-    scheduler = accelerator.prepare(
-        get_linear_schedule_with_warmup(optimizer, int(params.warmup_ratio * total_steps), total_steps)
-    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # The sampler already shards; accelerate's loader wrapper only moves batches to the device and tells
+    # gradient accumulation where an epoch ends, so it is told this loader is one process's whole share.
+    loader = prepare_data_loader(loader, accelerator.device, num_processes=1, process_index=0, put_on_device=True)
+    total_steps = math.ceil(len(loader) / params.grad_accum) * params.epochs
+    # Not prepared: accelerate would step it once per process. Stepped on each optimizer step below and
+    # registered so that checkpoints carry it.
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(params.warmup_ratio * total_steps), total_steps)
+    accelerator.register_for_checkpointing(scheduler)
     loss_fn = F.binary_cross_entropy_with_logits if multilabel else F.cross_entropy
 
     progress = {
@@ -141,7 +168,8 @@ def train(
                 if accelerator.sync_gradients and params.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), params.max_grad_norm)
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             rows = len(batch["index"])
             progress["batches_done"] += 1
@@ -157,12 +185,16 @@ def train(
                     started = time.perf_counter()
         progress["epoch_seconds"] += time.perf_counter() - started
 
-        seconds, seen = progress["epoch_seconds"], progress["epoch_seen"]
-        row = {"epoch": epoch, "train_loss": progress["epoch_loss_sum"] / max(seen, 1), "seconds": round(seconds, 2),
-               "samples_per_s": round(seen * accelerator.num_processes / max(seconds, 1e-9), 2)}
+        # Summed over processes: the loss is the mean over every row of the epoch, the speed counts all rows.
+        loss_sum, seen = accelerator.reduce(
+            torch.tensor([progress["epoch_loss_sum"], progress["epoch_seen"]], dtype=torch.float64, device=accelerator.device),
+            reduction="sum",
+        ).tolist()
+        seconds = progress["epoch_seconds"]
+        row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "seconds": round(seconds, 2),
+               "samples_per_s": round(seen / max(seconds, 1e-9), 2)}
         if dev_encoded is not None:
-            # Every process scores the whole (small) dev set, so all agree on the best epoch without a reduce.
-            logits = predict_logits(accelerator.unwrap_model(model), dev_encoded, pad_id)
+            logits = _dev_logits(accelerator, accelerator.unwrap_model(model), dev_encoded, pad_id)
             row["dev"] = headline(compute(dev_targets, decide(logits, multilabel), classes, multilabel))
             score = row["dev"][params.metric]
             if score > progress["best_score"]:
