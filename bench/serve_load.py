@@ -141,6 +141,9 @@ async def drive(url: str, texts: list[str], concurrency: int, per_request: int, 
             except aiohttp.ClientError:
                 code = "connection"
             done = loop.time()
+            if code == "connection" and on_started:  # the server is going away (SIGTERM test): stop this client
+                stats["statuses"]["connection"] = stats["statuses"].get("connection", 0) + 1
+                return
             stats["statuses"][str(code)] = stats["statuses"].get(str(code), 0) + 1
             if measure_from <= done <= end:  # completed inside the window, whenever it was sent
                 if code == 200:

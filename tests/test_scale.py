@@ -31,8 +31,30 @@ def free_port() -> int:
 def torchrun(argv: list, processes: int = 2) -> subprocess.Popen:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "bertclf", *map(str, argv)]
-    return subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants, found through /proc, children first."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    parent = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    order, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        order.append(current)
+        stack.extend(children.get(current, []))
+    for victim in reversed(order):
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +109,7 @@ def test_two_process_run_killed_then_resumed_equals_uninterrupted(tmp_path, trai
     killed = tmp_path / "killed"
     proc = torchrun([*args, "-o", killed])
     wait_for_step(proc, directory_for(str(killed)), 25)  # inside epoch 2 (19 steps per epoch)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers
+    kill_tree(proc.pid)  # the launcher and both workers (torchrun puts workers in their own sessions)
     proc.wait()
     assert not killed.exists()
     resumed = torchrun([*args, "-o", killed, "--resume"])
@@ -138,5 +160,5 @@ def test_merge_refuses_missing_and_overlapping_shards(sst_binary, tmp_path, writ
     assert "no input_row column" in capsys.readouterr().err
     assert not os.path.exists(out)
     for spec in ("3/3", "a/b", "-1/2"):
-        assert main(["predict", model, source, "--shard", spec]) == 2
+        assert main(["predict", model, source, f"--shard={spec}"]) == 2
         assert "--shard" in capsys.readouterr().err

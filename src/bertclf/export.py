@@ -9,6 +9,7 @@ the file but marks it not accepted, so ``auto`` still never picks it).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -126,10 +127,12 @@ def export(model_dir: str, int8: bool = False, force: bool = False, dev_file: st
             best = None
             for per_channel in (False, True):  # keep whichever agrees better with fp32 on this dev set
                 path = os.path.join(work, f"model-int8-{'pc' if per_channel else 'pt'}.onnx")
-                # Fused contrib ops have no ONNX shape inference; their outputs are float tensors.
+                # Fused contrib ops have no ONNX shape inference; their outputs are float tensors. The
+                # quantizer logs a pre-processing hint to the root logger for every call: not for our users.
+                logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
                 quantize_dynamic(fp32, path, weight_type=QuantType.QInt8, per_channel=per_channel,
                                  extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-                row, _ = _score(clf, backends.onnx_logits(path, pad), encoded, targets, reference)
+                row, _ = _score(clf, backends.onnx_logits(path, pad, per_text=True), encoded, targets, reference)
                 row["per_channel"] = per_channel
                 if best is None or row["agreement"] > best[0]["agreement"]:
                     best = (row, path)

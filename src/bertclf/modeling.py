@@ -98,11 +98,19 @@ def device_type() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def is_main_process() -> bool:
-    """False on every process but rank 0 of an ``accelerate launch``/``torchrun`` job, which alone prints and writes."""
+def process_state():
+    """accelerate's view of this process's place in a job (one process, or a rank of torchrun/accelerate launch).
+
+    ``cpu`` must be said on machines without a GPU: accelerate only joins a CPU (gloo) process group when told.
+    """
     from accelerate import PartialState
 
-    return PartialState().is_main_process
+    return PartialState(cpu=device_type() == "cpu")
+
+
+def is_main_process() -> bool:
+    """False on every process but rank 0 of an ``accelerate launch``/``torchrun`` job, which alone prints and writes."""
+    return process_state().is_main_process
 
 
 def training_attention(device: str, lengths: Sequence[int]) -> str:

@@ -21,13 +21,14 @@ MAX_PADDING = 8  # pad tokens one row may get before a new batch starts; measure
 
 
 def batched_logits(
-    encoded: Encoded, pad_id: int, forward: Callable[[dict[str, torch.Tensor]], np.ndarray], progress: bool = False
+    encoded: Encoded, pad_id: int, forward: Callable[[dict[str, torch.Tensor]], np.ndarray], progress: bool = False,
+    max_rows: int = MAX_BATCH_ROWS,
 ) -> np.ndarray:
     """Run ``forward`` on longest-first token-budget batches; return the logits in input order."""
     from tqdm.auto import tqdm
 
     out: np.ndarray | None = None
-    batches = token_budget_batches(encoded.lengths, MAX_BATCH_TOKENS, MAX_BATCH_ROWS, MAX_PADDING)
+    batches = token_budget_batches(encoded.lengths, MAX_BATCH_TOKENS, max_rows, MAX_PADDING)
     for rows in tqdm(batches, desc="predict", disable=not progress, file=sys.stderr, leave=False):
         logits = forward(collate([encoded.input_ids[i] for i in rows], pad_id))
         if out is None:

@@ -21,7 +21,7 @@ from . import checkpoints
 from .batching import Collator, Encoded, LengthGroupedBatches
 from .checkpoints import Checkpointing
 from .metrics import compute, headline
-from .modeling import device_type, resolve_precision
+from .modeling import device_type, process_state, resolve_precision
 from .predict import decide, predict_logits
 
 
@@ -99,7 +99,9 @@ def train(
     # accumulation. The process group itself (PartialState) is kept, so multi-process runs are unaffected.
     AcceleratorState._reset_state()
     GradientState._reset_state()
+    process_state()  # joins the process group (gloo on CPU, NCCL on GPUs) when launched by torchrun/accelerate
     accelerator = Accelerator(
+        cpu=device_type() == "cpu",
         mixed_precision="no" if precision == "fp32" else precision,
         gradient_accumulation_steps=params.grad_accum,
         # dynamic=True: one compiled graph serves every padded batch width instead of one per width.
