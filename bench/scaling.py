@@ -35,7 +35,9 @@ def launchers(port: int) -> dict[str, list[str]]:
         "1 process": [py, "-m", "bertclf"],
         "torchrun, 2 processes": [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                                   "-m", "bertclf"],
-        "accelerate launch, 2 processes": [py, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+        # --multi_gpu is accelerate's torchrun-based launcher; on a machine without GPUs bertclf joins a gloo
+        # group. (accelerate's --cpu launches one process, or several only through mpirun.)
+        "accelerate launch, 2 processes": [py, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                                            "--main_process_port", str(port), "-m", "bertclf"],
     }

@@ -81,6 +81,8 @@ def _train_parser(sub) -> None:
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=text + shown)
     p.add_argument("--metric", choices=("accuracy", "macro_f1", "micro_f1", "weighted_f1", "subset_accuracy"),
                    help=f"dev metric that picks the best epoch (default: {defaults['metric']})")
+    p.add_argument("--class-weight", choices=("none", "balanced"),
+                   help="balanced: weight the loss by inverse class frequency, for imbalanced data (default: none)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
                    help="auto: bf16 on CPUs/GPUs that have it, fp16 on older GPUs, else fp32 (default: auto)")
     p.add_argument("--compile", action="store_true", default=None,
@@ -197,6 +199,65 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     rows = merge_predictions(args.shards, args.output, args.chunk_rows)
     print(f"merged {len(args.shards)} shards: {rows} rows to {args.output}", file=sys.stderr)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- tune
+def _tune_parser(sub) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="search hyperparameters (Optuna) within a time or trial budget; keep the best model",
+        description="Searches learning rate (log scale), batch size, epochs, warmup, weight decay and, where they can "
+        "matter, max length and class weighting, each trial an ordinary training run scored on the dev set "
+        "(--metric), pruning trials whose per-epoch dev score trails the median. The first trial is the defaults. "
+        "The study is stored in OUTPUT/study.db (or --storage URL) and resumed by rerunning the same command. "
+        "Writes OUTPUT/best.yaml (for 'train --config'), OUTPUT/model (the best trial's model), report.md, "
+        "report.png and trials.csv.",
+    )
+    p.add_argument("train_file", metavar="TRAIN_FILE")
+    p.add_argument("--dev", metavar="FILE", help="dev file that scores every trial (default: a seeded split)")
+    p.add_argument("--test", metavar="FILE", help="test file, scored for the report only (never used to choose)")
+    p.add_argument("--output", "-o", required=True, metavar="DIR", help="study directory; rerun with it to resume")
+    p.add_argument("--budget", metavar="TIME", help="total search time across runs of this study: 90s, 45m, 1h")
+    p.add_argument("--trials", type=int, metavar="N", help="stop once the study has N finished trials")
+    p.add_argument("--storage", metavar="URL", help="SQLAlchemy URL of a shared study database, e.g. "
+                   "postgresql://user:pw@host/db, so several machines work on one study (default: OUTPUT/study.db)")
+    p.add_argument("--study-name", default="bertclf", help="study name inside the storage (default: bertclf)")
+    p.add_argument("--space", metavar="FILE.yaml", help="search-space overrides, e.g. 'lr: {low: 1e-5, high: 1e-4, log: true}', "
+                   "'batch-size: [16, 32]', 'epochs: 3' (fixed)")
+    p.add_argument("--config", metavar="FILE.yaml", help="fixed settings for every trial (same keys as train)")
+    p.add_argument("--model", help="HF model id or local directory (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--task", choices=("auto", "binary", "multiclass", "multilabel"))
+    p.add_argument("--metric", choices=("accuracy", "macro_f1", "micro_f1", "weighted_f1", "subset_accuracy"),
+                   help="dev metric to maximise (default: macro_f1, as train)")
+    p.add_argument("--seed", type=int, help="seed of every trial and of the sampler (default: 42)")
+    _add_data_flags(p)
+    p.add_argument("--quiet", action="store_true", help="no per-trial lines")
+    p.set_defaults(run=cmd_tune)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .config import DATA_KEYS, merge
+    from .data import read_splits
+    from .metrics import check_metric
+    from .tune import parse_budget, tune
+
+    options = merge(args.config, vars(args))
+    data_options = {k: options.pop(k) for k in DATA_KEYS}
+    budget = parse_budget(args.budget) if args.budget else None
+    splits, task, _ = read_splits(args.train_file, args.dev, args.test, task=options["task"], **data_options)
+    check_metric(options["metric"], task == "multilabel")
+    train, dev, test = splits["train"], splits.get("dev"), splits.get("test")
+    result = tune(
+        train.texts, train.labels, {**options, "task": task}, args.output,
+        dev=(dev.texts, dev.labels) if dev else None, test=(test.texts, test.labels) if test else None,
+        trials=args.trials, budget_s=budget, storage=args.storage, study_name=args.study_name, space_file=args.space,
+        data_info={"train": train.source, **({"dev": dev.source} if dev else {})},
+        extra_record={"data_options": data_options}, verbose=not args.quiet,
+    )
+    versus = f" (defaults: {result.default_value:.4f})" if result.default_value is not None else ""
+    print(f"best dev {options['metric']} {result.best_value:.4f}{versus} after {result.trials} trials")
+    print(f"best settings: {result.best_yaml}; model: {result.model_dir}; report: {os.path.join(args.output, 'report.md')}")
     return 0
 
 
@@ -509,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bertclf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_train_parser, _validate_parser, _evaluate_parser, _predict_parser, _merge_parser, _export_parser, _serve_parser, _info_parser):
+    for add in (_train_parser, _validate_parser, _evaluate_parser, _predict_parser, _merge_parser, _export_parser, _serve_parser, _tune_parser, _info_parser):
         add(sub)
     return parser
 

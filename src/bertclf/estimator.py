@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +43,7 @@ class TextClassifier:
     patience: int = 2  # epochs without dev improvement before stopping; 0 = never stop early
     metric: str = "macro_f1"  # dev metric that picks the best epoch
     val_fraction: float = 0.2  # seeded stratified dev split when no eval_set is given; 0 = no dev set
+    class_weight: str = "none"  # none | balanced: weight the loss by inverse class (label) frequency
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     compile: bool = False  # torch.compile the model: faster steps after a one-off compile of about a minute
     verbose: bool = True
@@ -67,12 +68,14 @@ class TextClassifier:
         *,
         data_info: dict | None = None,
         checkpointing: Checkpointing | None = None,
+        on_epoch: Callable[[dict], None] | None = None,
     ) -> TextClassifier:
         """Train on ``texts``/``labels``; pick the best epoch on ``eval_set`` (or a seeded split of the data).
 
         ``labels`` are class names, or lists of names for multi-label. ``data_info`` lets a caller record
         file fingerprints ({"train": {...}, "dev": {...}}) instead of the content hashes used by default.
         ``checkpointing`` saves resumable checkpoints and, with ``resume_from``, continues from one.
+        ``on_epoch`` is called with each epoch's record (train loss, dev metrics); raising in it stops training.
         """
         from accelerate.utils import set_seed
 
@@ -138,6 +141,8 @@ class TextClassifier:
             params=self,
             lr=self.lr_,
             checkpointing=checkpointing,
+            class_weights=self._class_weights(train_labels),
+            on_epoch=on_epoch,
             fingerprint={
                 **{k: v for k, v in self.get_params().items() if k != "verbose"},
                 "train data": content_sha256(train_texts, train_labels),
@@ -277,6 +282,17 @@ class TextClassifier:
             hot[row, [index[n] for n in names]] = 1.0
         return hot
 
+    def _class_weights(self, labels: Sequence) -> torch.Tensor | None:
+        """'balanced': n / (classes × count) per class, as scikit-learn; multi-label: negatives / positives per label."""
+        if self.class_weight == "none":
+            return None
+        targets = self._targets(labels)
+        if self.task_ == "multilabel":
+            positives = targets.sum(dim=0).clamp(min=1)
+            return (len(labels) - positives) / positives
+        counts = torch.bincount(targets, minlength=len(self.classes_)).clamp(min=1).float()
+        return len(labels) / (len(self.classes_) * counts)
+
     def _names(self, decided: np.ndarray) -> list:
         if self.task_ == "multilabel":
             return [[self.classes_[j] for j in np.flatnonzero(row)] for row in decided]
@@ -292,6 +308,7 @@ class TextClassifier:
             "grad_accum": self.grad_accum >= 1, "max_length": self.max_length >= 8,
             "val_fraction": 0 <= self.val_fraction < 1, "warmup_ratio": 0 <= self.warmup_ratio < 1,
             "weight_decay": self.weight_decay >= 0, "patience": self.patience >= 0,
+            "class_weight": self.class_weight in ("none", "balanced"),
         }
         bad = [name for name, ok in rules.items() if not ok]
         if bad:

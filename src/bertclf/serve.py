@@ -309,7 +309,8 @@ def create_app(model_dir: str, backend: str = "auto", threads: int | None = None
         if "batcher" in state:
             await state["batcher"].stop()
 
-    app = FastAPI(title="bertclf", version=record.get("versions", {}).get("bertclf", ""), lifespan=lifespan, max_body_size=limits.max_body_bytes,
+    app = FastAPI(title="bertclf", version=record.get("versions", {}).get("bertclf", ""), lifespan=lifespan,
+                  max_body_size=limits.max_body_bytes,
                   description=f"Text classification with {os.path.basename(os.path.abspath(model_dir))} "
                               f"({record['task']}, {len(record['classes'])} classes).")
     bearer = HTTPBearer(auto_error=False)

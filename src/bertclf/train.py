@@ -6,8 +6,10 @@ keep the best weights; stop early when the dev metric stops improving.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
+from collections.abc import Callable
 import time
 from dataclasses import dataclass, field
 
@@ -82,11 +84,16 @@ def train(
     lr: float,
     checkpointing: Checkpointing | None = None,
     fingerprint: dict | None = None,
+    class_weights: torch.Tensor | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` with the hyperparameters of ``params`` (a :class:`TextClassifier`) at peak ``lr``.
 
     With ``checkpointing``, the loop saves its whole state at epoch ends (and every N steps) and can
     resume from it; ``fingerprint`` (settings and data hashes) guards against resuming a different run.
+    ``class_weights`` weight the loss per class (cross-entropy) or per label (BCE ``pos_weight``).
+    ``on_epoch`` receives each epoch's record (loss, speed, dev metrics) as soon as it is known; an
+    exception it raises stops training (a tuner's pruning).
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
@@ -131,7 +138,12 @@ def train(
     # registered so that checkpoints carry it.
     scheduler = get_linear_schedule_with_warmup(optimizer, int(params.warmup_ratio * total_steps), total_steps)
     accelerator.register_for_checkpointing(scheduler)
-    loss_fn = F.binary_cross_entropy_with_logits if multilabel else F.cross_entropy
+    if class_weights is not None:
+        class_weights = class_weights.to(accelerator.device)
+    if multilabel:
+        loss_fn = functools.partial(F.binary_cross_entropy_with_logits, pos_weight=class_weights)
+    else:
+        loss_fn = functools.partial(F.cross_entropy, weight=class_weights)
 
     progress = {
         "epoch": 1, "batches_done": 0, "step": 0, "finished": False, "history": [], "best_epoch": 0,
@@ -205,6 +217,8 @@ def train(
             else:
                 progress["stale_epochs"] += 1
         progress["history"].append(row)
+        if on_epoch:
+            on_epoch(row)
         if show:
             dev = "  ".join(f"{k} {v:.4f}" for k, v in row.get("dev", {}).items())
             print(f"epoch {epoch}/{params.epochs}  loss {row['train_loss']:.4f}  {dev}  "
