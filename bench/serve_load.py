@@ -39,9 +39,11 @@ PER_REQUEST = (1, 16)
 
 def offline_child(model_dir: str, backend: str) -> None:
     """Child mode: offline texts/s of the backend on the benchmark texts."""
-    from bertclf import TextClassifier
+    from bertclf import TextClassifier, backends
+    from bertclf.artifact import read_record
 
-    clf = TextClassifier.load(model_dir, backend=backend)
+    # The backend the server picks for this --backend (auto prefers ONNX there).
+    clf = TextClassifier.load(model_dir, backend=backends.choose(read_record(model_dir), backend, onnx_first=True))
     clf.verbose = False
     texts = bench_texts()
     clf.predict_proba(texts[:64])
@@ -273,7 +275,7 @@ def markdown(p: dict) -> str:
         "# Serving under load",
         "",
         f"`{p['command']}` — {p['machine']}. Model: the SST-2 MiniLM-L6 artifact; texts: SST-2 test sentences; "
-        f"backend `{p['backend']}` (what `--backend auto` chose). Offline batch throughput of that backend on the same "
+        f"backend `{p['backend']}` (what the server's `--backend auto` chose). Offline batch throughput of that backend on the same "
         f"texts: **{p['offline_texts_per_s']:.1f} texts/s**.",
         "",
         f"- Concurrency 32, 1 text per request: **{t['c32_share_of_offline']:.0%} of offline** (target ≥ 70%), "

@@ -268,6 +268,7 @@ def create_app(model_dir: str, backend: str = "auto", threads: int | None = None
 
     import torch
 
+    from . import backends
     from .artifact import read_record
     from .estimator import TextClassifier
     from .predict import decide, probabilities
@@ -280,7 +281,8 @@ def create_app(model_dir: str, backend: str = "auto", threads: int | None = None
     def load() -> None:
         try:
             per_lane = max(1, (threads or torch.get_num_threads()) // lanes)
-            clf = TextClassifier.load(model_dir, backend=backend, threads=per_lane)
+            chosen = backends.choose(record, backend, onnx_first=True)
+            clf = TextClassifier.load(model_dir, backend=chosen, threads=per_lane)
             clf.verbose = False
             state["clf"] = clf
         except Exception as err:  # noqa: BLE001 — shown by /readyz and every classify call
