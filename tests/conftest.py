@@ -97,3 +97,12 @@ def sst_binary(tmp_path_factory, tiny_model_dir):
     path = tmp_path_factory.mktemp("artifacts") / "sst"
     clf.save(str(path))
     return clf, str(path), dev
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for servers and process-group rendezvous started by tests)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -183,3 +183,13 @@ def test_predict_streams_in_chunks_with_the_same_result(sst_binary, tmp_path, wr
     pd.testing.assert_frame_equal(outputs[7], outputs[8192])
     assert outputs[7]["id"].tolist() == list(range(len(dev)))
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+
+
+def test_balanced_class_weights_follow_inverse_frequency(tiny_model_dir):
+    train = subset("sst2_sentences", "train", 200, seed=4)
+    negative, positive = train[train.label == "negative"].head(60), train[train.label == "positive"].head(20)
+    texts, labels = pd.concat([negative, positive]).text.tolist(), ["negative"] * 60 + ["positive"] * 20
+    clf = TextClassifier(model=tiny_model_dir, class_weight="balanced", val_fraction=0, **{**FAST, "epochs": 1})
+    clf.fit(texts, labels)
+    assert clf._class_weights(labels).tolist() == pytest.approx([80 / (2 * 60), 80 / (2 * 20)])
+    assert TextClassifier(model=tiny_model_dir, **FAST).set_params(class_weight="none")._class_weights(labels) is None

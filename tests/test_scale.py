@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -16,16 +15,10 @@ from safetensors.torch import load_file
 from bertclf.checkpoints import directory_for
 from bertclf.cli import main
 
-from .conftest import REPO, subset
+from .conftest import REPO, free_port, subset
 from .test_resume import wait_for_step
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(argv: list, processes: int = 2) -> subprocess.Popen:

@@ -7,7 +7,6 @@ import concurrent.futures
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from fastapi.testclient import TestClient
 
 from bertclf.batching import Encoded
 from bertclf.serve import Limits, MicroBatcher, QueueFull, create_app
+
+from .conftest import free_port
 
 KEY = "test-key-123"
 
@@ -99,6 +100,27 @@ def test_missing_token_is_401_and_health_needs_none(sst_binary):
         assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
 
 
+def test_multilabel_answers_use_the_artifact_thresholds(tmp_path, tiny_model_dir):
+    from bertclf import TextClassifier
+
+    from .conftest import FAST, subset
+
+    train = subset("goemotions", "train", 200, label_column="labels")
+    clf = TextClassifier(model=tiny_model_dir, **{**FAST, "epochs": 1})
+    clf.fit(train.text.tolist(), train["labels"].str.split("|").tolist())
+    path = str(tmp_path / "ge")
+    clf.save(path)
+    record = json.load(open(os.path.join(path, "bertclf.json")))
+    record["thresholds"] = [0.0] + [1.01] * (len(clf.classes_) - 1)  # the first label always, the others never
+    with open(os.path.join(path, "bertclf.json"), "w") as fh:
+        json.dump(record, fh)
+    with TestClient(create_app(path, backend="torch")) as c:
+        ready(c)
+        results = c.post("/v1/classify", json={"texts": ["so happy today", "this is awful"]}).json()["results"]
+    assert [r["labels"] for r in results] == [[clf.classes_[0]], [clf.classes_[0]]]
+    assert "label" not in results[0] and len(results[0]["probabilities"]) == len(clf.classes_)
+
+
 def test_chunked_body_over_the_limit_is_413(client):
     def chunks():
         for _ in range(10):
@@ -169,12 +191,6 @@ def test_a_full_queue_refuses_instead_of_growing():
         await batcher.stop()
 
     asyncio.run(scenario())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_sigterm_drains_requests_in_flight_and_exits_0(sst_binary):

@@ -79,6 +79,7 @@ class LengthGroupedBatches(Sampler[list[int]]):
     batches and takes rows ``rank::num_replicas`` of each, so one optimizer step sees the same texts however
     many processes share it. (accelerate's own sharding would drop the short batches that end each window.)
     A batch with fewer rows than processes is merged into its neighbour so that every process gets rows.
+    (DDP averages the processes' mean losses, so where shares differ by a row its texts weigh a little more.)
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, window_batches: int = 50,

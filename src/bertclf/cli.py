@@ -14,7 +14,11 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .data import TASKS
 from .errors import BertclfError
+from .metrics import MULTI_LABEL_METRICS, SINGLE_LABEL_METRICS
+
+METRICS = tuple(dict.fromkeys(SINGLE_LABEL_METRICS + MULTI_LABEL_METRICS))  # check_metric narrows them by task
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -62,7 +66,7 @@ def _train_parser(sub) -> None:
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file with any of these options (dashes or underscores)")
     p.add_argument("--model", help="HF model id or local directory (default: the packaged all-MiniLM-L6-v2)")
     _add_data_flags(p)
-    p.add_argument("--task", choices=("auto", "binary", "multiclass", "multilabel"),
+    p.add_argument("--task", choices=TASKS,
                    help=f"auto: lists or --label-sep in labels → multilabel, 2 classes → binary (default: {defaults['task']})")
     hyper = {
         "max_length": (int, "tokens per text incl. special tokens; longer texts are truncated and counted"),
@@ -79,7 +83,7 @@ def _train_parser(sub) -> None:
     for name, (kind, text) in hyper.items():
         shown = "" if defaults[name] is None else f" (default: {defaults[name]})"
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=text + shown)
-    p.add_argument("--metric", choices=("accuracy", "macro_f1", "micro_f1", "weighted_f1", "subset_accuracy"),
+    p.add_argument("--metric", choices=METRICS,
                    help=f"dev metric that picks the best epoch (default: {defaults['metric']})")
     p.add_argument("--class-weight", choices=("none", "balanced"),
                    help="balanced: weight the loss by inverse class frequency, for imbalanced data (default: none)")
@@ -227,8 +231,8 @@ def _tune_parser(sub) -> None:
                    "'batch-size: [16, 32]', 'epochs: 3' (fixed)")
     p.add_argument("--config", metavar="FILE.yaml", help="fixed settings for every trial (same keys as train)")
     p.add_argument("--model", help="HF model id or local directory (default: the packaged all-MiniLM-L6-v2)")
-    p.add_argument("--task", choices=("auto", "binary", "multiclass", "multilabel"))
-    p.add_argument("--metric", choices=("accuracy", "macro_f1", "micro_f1", "weighted_f1", "subset_accuracy"),
+    p.add_argument("--task", choices=TASKS)
+    p.add_argument("--metric", choices=METRICS,
                    help="dev metric to maximise (default: macro_f1, as train)")
     p.add_argument("--seed", type=int, help="seed of every trial and of the sampler (default: 42)")
     _add_data_flags(p)
@@ -303,7 +307,7 @@ def _validate_parser(sub) -> None:
     p.add_argument("train_file", metavar="TRAIN_FILE")
     p.add_argument("--dev", metavar="FILE")
     p.add_argument("--test", metavar="FILE")
-    p.add_argument("--task", choices=("auto", "binary", "multiclass", "multilabel"), default="auto")
+    p.add_argument("--task", choices=TASKS, default="auto")
     p.add_argument("--model", help="whose tokenizer counts the tokens (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--max-length", type=int, help="token limit to check against (default: train's default)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

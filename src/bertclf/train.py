@@ -9,8 +9,8 @@ from __future__ import annotations
 import functools
 import math
 import sys
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -96,8 +96,8 @@ def train(
     exception it raises stops training (a tuner's pruning).
     """
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
     from accelerate.data_loader import prepare_data_loader
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import TorchDynamoPlugin
     from transformers import get_linear_schedule_with_warmup
 

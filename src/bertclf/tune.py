@@ -146,6 +146,10 @@ def tune(
         raise BertclfError("tuning needs a dev set: pass --dev FILE or keep --val-fraction above 0")
     os.makedirs(output, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    import warnings
+
+    # The heartbeat and its retry callback are marked experimental; they are what makes a killed run resumable.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     storage = storage or f"sqlite:///{os.path.abspath(os.path.join(output, STUDY_FILE))}"
 
     multilabel = infer_task(train_labels, base.get("task", "auto"), label_sep=None) == "multilabel"
@@ -171,7 +175,9 @@ def tune(
     study = optuna.create_study(
         study_name=study_name, storage=rdb, direction="maximize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=defaults["seed"], n_startup_trials=5),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+        # n_min_trials: with one earlier trial at an epoch, "the median" is that trial, and a run nearly as
+        # good was pruned (Banking77, trial 6 at 0.9231 against 0.9251); three make it a median.
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1, n_min_trials=3),
     )
     if not study.trials:
         study.set_user_attr("space", space)
