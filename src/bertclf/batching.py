@@ -7,7 +7,6 @@ batches are sorted by length and cut by a token budget; callers restore the inpu
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 

@@ -10,7 +10,6 @@ loses at most its running trial: on restart that trial is marked failed and the 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -379,7 +378,3 @@ def parse_budget(text: str) -> float:
     if seconds <= 0:
         raise BertclfError(f"--budget {text}: must be positive")
     return seconds
-
-
-def summary(result: TuneResult) -> str:
-    return json.dumps(dataclasses.asdict(result), indent=2)
