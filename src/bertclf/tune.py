@@ -26,7 +26,7 @@ MODEL_DIR = "model"
 TUNED = ("lr", "batch_size", "epochs", "warmup_ratio", "weight_decay", "max_length", "class_weight")
 
 
-def default_space(defaults: dict, lengths: Sequence[int], imbalance: float, model_max: int) -> dict:
+def default_space(defaults: dict, p99_tokens: int, imbalance: float, model_max: int) -> dict:
     """Ranges around the recipe's defaults; max length and class weighting only where they can matter.
 
     A space maps a parameter to ``{"low", "high", "log"?}`` (float or int range), a list (categorical)
@@ -40,9 +40,8 @@ def default_space(defaults: dict, lengths: Sequence[int], imbalance: float, mode
         "warmup_ratio": {"low": 0.0, "high": 0.2},
         "weight_decay": {"low": 0.0, "high": 0.1},
     }
-    longest = sorted(lengths)[int(0.99 * (len(lengths) - 1))] if lengths else 0
     lengths_worth_trying = [n for n in (128, 256, 512) if n <= model_max]
-    if longest > 128 and len(lengths_worth_trying) > 1:  # shorter texts are never cut: nothing to choose
+    if p99_tokens > 128 and len(lengths_worth_trying) > 1:  # shorter texts are never cut: nothing to choose
         space["max_length"] = lengths_worth_trying
     if imbalance > 1.5:
         space["class_weight"] = ["none", "balanced"]
@@ -136,6 +135,7 @@ def tune(
     from .estimator import TextClassifier, default_lr
     from .modeling import load_tokenizer, resolve_model
     from .data import check_classes, infer_task
+    from .validation import token_lengths
 
     if trials is None and budget_s is None:
         raise BertclfError("say how long to search: --trials N or --budget 1h (or both)")
@@ -153,7 +153,7 @@ def tune(
 
     multilabel = infer_task(train_labels, base.get("task", "auto"), label_sep=None) == "multilabel"
     tokenizer = load_tokenizer(resolve_model(base.get("model")))
-    lengths = [len(ids) for ids in tokenizer(list(train_texts), truncation=False)["input_ids"]]
+    p99_tokens = token_lengths(tokenizer, train_texts, base.get("max_length", 256))["p99"]
     counts = _label_counts(train_labels, multilabel)
     check_classes(train_labels, multilabel, "training data")
     from transformers import AutoConfig
@@ -161,7 +161,7 @@ def tune(
     config = AutoConfig.from_pretrained(resolve_model(base.get("model")))
     defaults = {**{f.name: f.default for f in dataclasses.fields(TextClassifier)}, **base}
     defaults["lr"] = defaults["lr"] or default_lr(config)
-    space = default_space(defaults, lengths, max(counts.values()) / min(counts.values()), tokenizer.model_max_length)
+    space = default_space(defaults, p99_tokens, max(counts.values()) / min(counts.values()), tokenizer.model_max_length)
     if space_file:
         space = load_space(space_file, space)
 
