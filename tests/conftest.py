@@ -35,6 +35,14 @@ def subset(name: str, split: str, rows: int, seed: int = 0, label_column: str = 
     return frame.sample(min(rows, len(frame)), random_state=seed).reset_index(drop=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def token_cache(tmp_path_factory) -> Path:
+    """The tokenisation cache of this test run (and of the processes it starts), not the user's."""
+    folder = tmp_path_factory.mktemp("bertclf-cache")
+    os.environ["BERTCLF_CACHE"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def default_model_dir() -> str:
     from bertclf.modeling import resolve_model

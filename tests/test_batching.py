@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bertclf.batching import LengthGroupedBatches, collate, token_budget_batches
+from bertclf.batching import LengthGroupedBatches, collate, encode, token_budget_batches
 
 
 def lengths(n=1000, seed=0):
@@ -52,3 +52,61 @@ def test_collate_pads_to_the_longest_row_only():
     batch = collate([[101, 5, 102], [101, 102]], pad_id=0)
     assert batch["input_ids"].tolist() == [[101, 5, 102], [101, 102, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+
+
+def test_token_budget_training_batches_cover_every_row_and_keep_the_budget():
+    lens = lengths()
+    sampler = LengthGroupedBatches(lens, batch_size=32, seed=3, max_tokens=1024)
+    counts = set()
+    for epoch in (1, 2, 3):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == sampler.num_batches(epoch)
+        assert sorted(i for b in batches for i in b) == list(range(1000))
+        assert all(len(b) * max(lens[i] for i in b) <= 1024 for b in batches)
+        counts.add(len(batches))
+    sizes = [len(b) for b in batches]
+    assert max(sizes) > 2 * min(sizes)  # short texts come many to a batch, long ones few
+
+
+def test_token_budget_training_batches_shard_across_processes():
+    lens = lengths(301)
+    whole = list(LengthGroupedBatches(lens, 32, seed=5, max_tokens=900))
+    shares = [list(LengthGroupedBatches(lens, 32, seed=5, max_tokens=900, num_replicas=2, rank=r)) for r in (0, 1)]
+    for batch, first, second in zip(whole, *shares):
+        assert sorted(first + second) == sorted(batch) and first and second
+
+
+class CountingTokenizer:
+    """The real fast tokenizer, counting how often it is asked to tokenise."""
+
+    def __init__(self, tokenizer):
+        self.inner, self.calls = tokenizer, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.inner(*args, **kwargs)
+
+
+def test_encode_cache_reads_back_the_same_ids(default_model_dir, tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    monkeypatch.setenv("BERTCLF_CACHE", str(tmp_path))
+    tokenizer = CountingTokenizer(AutoTokenizer.from_pretrained(default_model_dir))
+    texts = ["a fine film", "dull", "word " * 300, "naïve café"]
+    first = encode(tokenizer, texts, 64, cache=True)
+    again = encode(tokenizer, texts, 64, cache=True)
+    assert tokenizer.calls == 1 and again == first and first.truncated == 1
+    files = list((tmp_path / "encoded").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".npz"
+    encode(tokenizer, texts, 32, cache=True)  # another max length: another entry
+    encode(tokenizer, texts[:3], 64, cache=True)  # other texts: another entry
+    assert tokenizer.calls == 3 and len(list((tmp_path / "encoded").iterdir())) == 3
+    files[0].write_bytes(b"not a cache file")  # unreadable: tokenised again, entry replaced
+    assert encode(tokenizer, texts, 64, cache=True) == first and tokenizer.calls == 4
+    monkeypatch.setenv("BERTCLF_CACHE", "off")
+    encode(tokenizer, ["something new"], 64, cache=True)
+    assert len(list((tmp_path / "encoded").iterdir())) == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -62,3 +63,16 @@ def test_precision_choice():
     assert resolve_precision("auto", "cpu") in ("bf16", "fp32")
     with pytest.raises(BertclfError, match="fp16 needs a CUDA GPU"):
         resolve_precision("fp16", "cpu")
+
+
+def test_tuned_thresholds_maximise_each_labels_f1():
+    from bertclf.metrics import tune_thresholds
+
+    rng = np.random.default_rng(0)
+    truth = rng.random((400, 3)) < [0.5, 0.05, 0.0]  # a common label, a rare one, one never seen in dev
+    probs = np.where(truth, rng.uniform(0.2, 0.4, truth.shape), rng.uniform(0.0, 0.18, truth.shape))
+    probs[:, 0] = np.where(truth[:, 0], 0.9, 0.1)
+    cuts = tune_thresholds(probs, truth.astype(int))
+    assert cuts[0] == 0.5  # separable at any cut in (0.1, 0.9]: the tie goes to 0.5
+    assert 0.18 < cuts[1] <= 0.2  # the rare label's scores never reach 0.5; the best cut sits below them
+    assert cuts[2] == 0.5

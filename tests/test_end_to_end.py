@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bertclf import TextClassifier
+from bertclf import BertclfError, TextClassifier
 from bertclf.cli import main
 
 from .conftest import FAST, subset
@@ -137,6 +137,9 @@ def test_multilabel_end_to_end(tmp_path, write, tiny_model_dir, capsys):
     record = json.load(open(model / "bertclf.json"))
     assert record["task"] == "multilabel" and len(record["thresholds"]) == len(record["classes"])
     assert {"micro_f1", "macro_f1", "subset_accuracy"} <= set(record["metrics"]["dev"])
+    # thresholds tuned per label on dev: never worse there than 0.5 for every label, and not all 0.5
+    assert record["metrics"]["dev"]["macro_f1"] >= record["metrics"]["dev_at_0.5"]["macro_f1"]
+    assert set(record["thresholds"]) != {0.5} and "per-label thresholds tuned on dev" in capsys.readouterr().out
     config = json.load(open(model / "config.json"))
     assert config["problem_type"] == "multi_label_classification"
 
@@ -144,7 +147,7 @@ def test_multilabel_end_to_end(tmp_path, write, tiny_model_dir, capsys):
     probs = clf.predict_proba(dev.text.tolist())
     assert probs.shape == (100, len(clf.classes_)) and not np.allclose(probs.sum(axis=1), 1)  # sigmoid per label
     predicted = clf.predict(dev.text.tolist())
-    assert all(set(p) == {c for c, q in zip(clf.classes_, row) if q >= 0.5} for p, row in zip(predicted, probs))
+    assert all(set(p) == {c for c, q, cut in zip(clf.classes_, row, clf.thresholds_) if q >= cut} for p, row in zip(predicted, probs))
 
     out = tmp_path / "pred.jsonl"
     assert main(["predict", str(model), dev_path, "-o", str(out)]) == 0
@@ -152,11 +155,13 @@ def test_multilabel_end_to_end(tmp_path, write, tiny_model_dir, capsys):
     assert all(isinstance(r["predicted"], list) for r in rows)
     assert main(["evaluate", str(model), dev_path, "--output-dir", str(tmp_path / "ev")]) == 0
     assert (tmp_path / "ev" / "per_label_f1.png").exists()
+    assert main(["train", train_path, "--dev", dev_path, "-o", str(tmp_path / "fixed"), "--model", tiny_model_dir,
+                 "--epochs", "1", "--max-length", "48", "--quiet", "--no-tune-thresholds"]) == 0
+    fixed = json.load(open(tmp_path / "fixed" / "bertclf.json"))
+    assert set(fixed["thresholds"]) == {0.5} and "dev_at_0.5" not in fixed["metrics"]
 
 
 def test_api_refuses_empty_texts_and_unfitted_use(tiny_model_dir):
-    from bertclf import BertclfError
-
     with pytest.raises(BertclfError, match="not fitted"):
         TextClassifier().predict(["hello"])
     with pytest.raises(BertclfError, match=r"positions \[1\]"):
@@ -193,3 +198,14 @@ def test_balanced_class_weights_follow_inverse_frequency(tiny_model_dir):
     clf.fit(texts, labels)
     assert clf._class_weights(labels).tolist() == pytest.approx([80 / (2 * 60), 80 / (2 * 20)])
     assert TextClassifier(model=tiny_model_dir, **FAST).set_params(class_weight="none")._class_weights(labels) is None
+
+
+def test_token_budget_training_is_recorded_and_checked(tiny_model_dir, tmp_path):
+    train = subset("sst2_sentences", "train", 64, seed=2)
+    texts, labels = train.text.tolist(), train.label.tolist()
+    clf = TextClassifier(model=tiny_model_dir, **{**FAST, "epochs": 2, "max_length": 64, "batch_tokens": 256}).fit(texts, labels)
+    assert len(clf.history_) == 2
+    clf.save(str(tmp_path / "model"))
+    assert TextClassifier.load(str(tmp_path / "model")).batch_tokens == 256
+    with pytest.raises(BertclfError, match="--batch-tokens 16 is out of range"):
+        TextClassifier(model=tiny_model_dir, **{**FAST, "max_length": 64, "batch_tokens": 16}).fit(texts, labels)

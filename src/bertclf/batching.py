@@ -7,6 +7,10 @@ batches are sorted by length and cut by a token budget; callers restore the inpu
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -27,8 +31,20 @@ class Encoded:
         return [len(ids) for ids in self.input_ids]
 
 
-def encode(tokenizer, texts: Sequence[str], max_length: int) -> Encoded:
-    """Tokenise every text once; padding happens per batch in :func:`collate`."""
+def encode(tokenizer, texts: Sequence[str], max_length: int, cache: bool = False) -> Encoded:
+    """Tokenise every text once; padding happens per batch in :func:`collate`.
+
+    ``cache``: keep the ids on disk under the texts' and tokenizer's fingerprint (see :func:`cache_dir`), so a
+    rerun on the same data, and every trial of a tuning study, reads them back instead of tokenising again.
+    """
+    path = _cache_path(tokenizer, texts, max_length) if cache else None
+    if path and os.path.isfile(path):
+        try:
+            with np.load(path) as stored:
+                flat, offsets, truncated = stored["ids"].tolist(), stored["offsets"].tolist(), int(stored["truncated"])
+            return Encoded([flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])], truncated)
+        except (OSError, ValueError, KeyError):  # unreadable: tokenise again and replace it
+            pass
     enc = tokenizer(
         list(texts),
         truncation=True,
@@ -41,7 +57,45 @@ def encode(tokenizer, texts: Sequence[str], max_length: int) -> Encoded:
         truncated = sum(1 for e in enc.encodings if e.overflowing)
     else:
         truncated = sum(1 for row in ids if len(row) >= max_length)
+    if path:
+        _store(path, ids, truncated)
     return Encoded(ids, truncated)
+
+
+def cache_dir() -> str | None:
+    """``$BERTCLF_CACHE`` (``off`` disables), else ``$XDG_CACHE_HOME/bertclf`` or ``~/.cache/bertclf``."""
+    value = os.environ.get("BERTCLF_CACHE", "")
+    if value.lower() in ("0", "off", "no", "false"):
+        return None
+    return value or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bertclf")
+
+
+def _cache_path(tokenizer, texts: Sequence[str], max_length: int) -> str | None:
+    folder, backend = cache_dir(), getattr(tokenizer, "backend_tokenizer", None)
+    if folder is None or backend is None:  # slow tokenizers have no serialisable definition to key on
+        return None
+    # Its truncation and padding settings change with each call's arguments (max_length is keyed below).
+    definition = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+    key = hashlib.sha256(json.dumps(definition, sort_keys=True).encode())
+    key.update(f"{type(tokenizer).__name__}|{tokenizer.truncation_side}|{max_length}|{len(texts)}".encode())
+    for text in texts:
+        key.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    return os.path.join(folder, "encoded", key.hexdigest() + ".npz")
+
+
+def _store(path: str, ids: list[list[int]], truncated: int) -> None:
+    offsets = np.cumsum([0] + [len(row) for row in ids])
+    flat = np.fromiter((t for row in ids for t in row), dtype=np.int32, count=int(offsets[-1]))
+    tmp = None
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        with os.fdopen(fd, "wb") as out:
+            np.savez(out, ids=flat, offsets=offsets, truncated=truncated)
+        os.replace(tmp, path)
+    except OSError:  # a cache that cannot be written is no reason to stop; the ids are in memory
+        if tmp and os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def collate(rows: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -79,10 +133,14 @@ class LengthGroupedBatches(Sampler[list[int]]):
     many processes share it. (accelerate's own sharding would drop the short batches that end each window.)
     A batch with fewer rows than processes is merged into its neighbour so that every process gets rows.
     (DDP averages the processes' mean losses, so where shares differ by a row its texts weigh a little more.)
+
+    ``max_tokens`` cuts each window by padded tokens (rows × longest row) instead of ``batch_size`` rows:
+    many short texts or few long ones per step, so every step costs about the same. The number of batches
+    then differs a little between epochs; :meth:`num_batches` tells the schedule in advance.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, window_batches: int = 50,
-                 num_replicas: int = 1, rank: int = 0):
+                 num_replicas: int = 1, rank: int = 0, max_tokens: int | None = None):
         if len(lengths) < num_replicas:
             raise ValueError(f"{len(lengths)} training texts cannot be shared by {num_replicas} processes")
         self.lengths = np.asarray(lengths)
@@ -90,26 +148,33 @@ class LengthGroupedBatches(Sampler[list[int]]):
         self.seed = seed
         self.window = batch_size * window_batches
         self.num_replicas, self.rank = num_replicas, rank
+        self.max_tokens = max_tokens
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self._global_batches())
+        return self.num_batches(self.epoch)
+
+    def num_batches(self, epoch: int) -> int:
+        return len(self._global_batches(epoch))
 
     def __iter__(self) -> Iterator[list[int]]:
-        for batch in self._global_batches():
+        for batch in self._global_batches(self.epoch):
             yield batch[self.rank :: self.num_replicas]
 
-    def _global_batches(self) -> list[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
+    def _global_batches(self, epoch: int) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(len(self.lengths))
         batches = []
         for start in range(0, len(order), self.window):
             window = order[start : start + self.window]
-            window = window[np.argsort(-self.lengths[window], kind="stable")]
-            cut = [window[i : i + self.batch_size].tolist() for i in range(0, len(window), self.batch_size)]
+            if self.max_tokens:
+                cut = [window[b].tolist() for b in token_budget_batches(self.lengths[window], self.max_tokens, len(window))]
+            else:
+                window = window[np.argsort(-self.lengths[window], kind="stable")]
+                cut = [window[i : i + self.batch_size].tolist() for i in range(0, len(window), self.batch_size)]
             if len(cut) > 1 and len(cut[-1]) < self.num_replicas:
                 cut[-2] += cut.pop()
             batches += cut

@@ -72,6 +72,7 @@ def _train_parser(sub) -> None:
         "max_length": (int, "tokens per text incl. special tokens; longer texts are truncated and counted"),
         "epochs": (int, "training epochs"),
         "batch_size": (int, "texts per optimizer step (times --grad-accum)"),
+        "batch_tokens": (int, "instead of --batch-size: padded tokens (texts x longest) per step, at least --max-length"),
         "lr": (float, "peak AdamW learning rate; default: 1e-4 for small encoders (hidden ≤ 512), 3e-5 for larger"),
         "weight_decay": (float, "AdamW weight decay (not on biases and LayerNorm)"),
         "warmup_ratio": (float, "share of steps with linear warmup, then linear decay"),
@@ -87,6 +88,9 @@ def _train_parser(sub) -> None:
                    help=f"dev metric that picks the best epoch (default: {defaults['metric']})")
     p.add_argument("--class-weight", choices=("none", "balanced"),
                    help="balanced: weight the loss by inverse class frequency, for imbalanced data (default: none)")
+    p.add_argument("--tune-thresholds", action=argparse.BooleanOptionalAction, default=None,
+                   help="multi-label: per-label decision thresholds that maximise dev F1, stored in the model "
+                        "(default: on; --no-tune-thresholds keeps 0.5)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
                    help="auto: bf16 on CPUs/GPUs that have it, fp16 on older GPUs, else fp32 (default: auto)")
     p.add_argument("--compile", action="store_true", default=None,
@@ -155,7 +159,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     shutil.rmtree(directory_for(args.output), ignore_errors=True)  # the artifact supersedes its checkpoints
 
     for split, metrics in clf.metrics_.items():
-        render(metrics, clf.classes_, f"{split} ({metrics['rows']} texts)")
+        if split != "dev_at_0.5":
+            render(metrics, clf.classes_, f"{split} ({metrics['rows']} texts)")
+    if "dev_at_0.5" in clf.metrics_:
+        print(f"dev macro-F1 {clf.metrics_['dev']['macro_f1']:.4f} with per-label thresholds tuned on dev "
+              f"({clf.metrics_['dev_at_0.5']['macro_f1']:.4f} at 0.5); predict uses the tuned thresholds")
     t = clf.training_
     print(f"best epoch {clf.best_epoch_} of {len(clf.history_)}; trained {t['seconds']:.0f} s at "
           f"{t['samples_per_s']:.0f} samples/s ({clf.precision_}, {t['device']}, {t['threads']} threads)")

@@ -20,7 +20,7 @@ from .batching import Encoded, encode
 from .checkpoints import Checkpointing
 from .data import check_classes, check_known_labels, content_sha256, infer_task, label_counts
 from .errors import BertclfError
-from .metrics import check_metric, compute
+from .metrics import check_metric, compute, tune_thresholds
 from .modeling import DEFAULT_MODEL, device_type, is_main_process, load_classifier, resolve_model, training_attention
 from .predict import decide, predict_logits, probabilities
 
@@ -34,6 +34,7 @@ class TextClassifier:
     max_length: int = 256  # tokens per text, special tokens included; longer texts are truncated (and counted)
     epochs: int = 3
     batch_size: int = 32
+    batch_tokens: int | None = None  # padded tokens per training batch instead of batch_size rows (rows vary)
     lr: float | None = None  # peak AdamW rate; None: 1e-4 for small encoders (hidden ≤ 512), else 3e-5
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
@@ -44,6 +45,7 @@ class TextClassifier:
     metric: str = "macro_f1"  # dev metric that picks the best epoch
     val_fraction: float = 0.2  # seeded stratified dev split when no eval_set is given; 0 = no dev set
     class_weight: str = "none"  # none | balanced: weight the loss by inverse class (label) frequency
+    tune_thresholds: bool = True  # multi-label with a dev set: per-label thresholds that maximise dev F1 (else 0.5)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     compile: bool = False  # torch.compile the model: faster steps after a one-off compile of about a minute
     verbose: bool = True
@@ -118,8 +120,8 @@ class TextClassifier:
                   f"task {self.task_}, {len(self.classes_)} classes, lr {self.lr_:g}, {len(train_texts)} train / "
                   f"{len(dev_texts) if dev_texts else 0} dev texts")
 
-        train_encoded = encode(tokenizer, train_texts, self.max_length)
-        dev_encoded = encode(tokenizer, dev_texts, self.max_length) if dev_texts else None
+        train_encoded = encode(tokenizer, train_texts, self.max_length, cache=True)
+        dev_encoded = encode(tokenizer, dev_texts, self.max_length, cache=True) if dev_texts else None
         self.truncated_ = {"train": train_encoded.truncated, "dev": dev_encoded.truncated if dev_encoded else 0}
         if any(self.truncated_.values()):
             self._say(f"truncated to {self.max_length} tokens: {self.truncated_['train']} train and "
@@ -175,7 +177,13 @@ class TextClassifier:
         if dev_texts:
             self.data_["dev"] = {"rows": len(dev_texts), **data_info.get("dev", {})}
         # Final dev metrics come from the saved fp32 weights through the same path as predict().
-        self.metrics_ = {"dev": self.evaluate(dev_texts, dev_labels)} if dev_texts else {}
+        self.metrics_ = {}
+        if dev_texts:
+            dev_logits, dev_targets = self._forward(dev_encoded), self._targets(dev_labels).numpy()
+            if multilabel and self.tune_thresholds:
+                self.metrics_["dev_at_0.5"] = compute(dev_targets, decide(dev_logits, True), self.classes_, True)
+                self.thresholds_ = tune_thresholds(probabilities(dev_logits, True), dev_targets)
+            self.metrics_["dev"] = compute(dev_targets, decide(dev_logits, multilabel, self.thresholds_), self.classes_, multilabel)
         return self
 
     # ------------------------------------------------------------------ predict
@@ -304,7 +312,8 @@ class TextClassifier:
 
     def _check_params(self) -> None:
         rules = {
-            "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr is None or self.lr > 0,
+            "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1,
+            "batch_tokens": self.batch_tokens is None or self.batch_tokens >= self.max_length, "lr": self.lr is None or self.lr > 0,
             "grad_accum": self.grad_accum >= 1, "max_length": self.max_length >= 8,
             "val_fraction": 0 <= self.val_fraction < 1, "warmup_ratio": 0 <= self.warmup_ratio < 1,
             "weight_decay": self.weight_decay >= 0, "patience": self.patience >= 0,

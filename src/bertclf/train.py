@@ -119,7 +119,8 @@ def train(
     # batch_size is global: each process takes its share of every batch (see LengthGroupedBatches), so
     # 1 or N processes make the same optimizer steps on the same texts.
     sampler = LengthGroupedBatches(train_encoded.lengths, params.batch_size, params.seed,
-                                   num_replicas=accelerator.num_processes, rank=accelerator.process_index)
+                                   num_replicas=accelerator.num_processes, rank=accelerator.process_index,
+                                   max_tokens=params.batch_tokens)
     loader = DataLoader(
         range(len(train_encoded.input_ids)),
         batch_sampler=sampler,
@@ -133,7 +134,7 @@ def train(
     # The sampler already shards; accelerate's loader wrapper only moves batches to the device and tells
     # gradient accumulation where an epoch ends, so it is told this loader is one process's whole share.
     loader = prepare_data_loader(loader, accelerator.device, num_processes=1, process_index=0, put_on_device=True)
-    total_steps = math.ceil(len(loader) / params.grad_accum) * params.epochs
+    total_steps = sum(math.ceil(sampler.num_batches(e) / params.grad_accum) for e in range(1, params.epochs + 1))
     # Not prepared: accelerate would step it once per process. Stepped on each optimizer step below and
     # registered so that checkpoints carry it.
     scheduler = get_linear_schedule_with_warmup(optimizer, int(params.warmup_ratio * total_steps), total_steps)
