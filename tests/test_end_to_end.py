@@ -138,7 +138,7 @@ def test_multilabel_end_to_end(tmp_path, write, tiny_model_dir, capsys):
     assert record["task"] == "multilabel" and len(record["thresholds"]) == len(record["classes"])
     assert {"micro_f1", "macro_f1", "subset_accuracy"} <= set(record["metrics"]["dev"])
     # thresholds tuned per label on dev: never worse there than 0.5 for every label, and not all 0.5
-    assert record["metrics"]["dev"]["macro_f1"] >= record["metrics"]["dev_at_0.5"]["macro_f1"]
+    assert record["metrics"]["dev"]["macro_f1"] >= record["metrics"]["dev"]["at_0.5"]["macro_f1"]
     assert set(record["thresholds"]) != {0.5} and "per-label thresholds tuned on dev" in capsys.readouterr().out
     config = json.load(open(model / "config.json"))
     assert config["problem_type"] == "multi_label_classification"
@@ -158,7 +158,7 @@ def test_multilabel_end_to_end(tmp_path, write, tiny_model_dir, capsys):
     assert main(["train", train_path, "--dev", dev_path, "-o", str(tmp_path / "fixed"), "--model", tiny_model_dir,
                  "--epochs", "1", "--max-length", "48", "--quiet", "--no-tune-thresholds"]) == 0
     fixed = json.load(open(tmp_path / "fixed" / "bertclf.json"))
-    assert set(fixed["thresholds"]) == {0.5} and "dev_at_0.5" not in fixed["metrics"]
+    assert set(fixed["thresholds"]) == {0.5} and "at_0.5" not in fixed["metrics"]["dev"]
 
 
 def test_api_refuses_empty_texts_and_unfitted_use(tiny_model_dir):

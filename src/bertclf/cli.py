@@ -159,11 +159,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     shutil.rmtree(directory_for(args.output), ignore_errors=True)  # the artifact supersedes its checkpoints
 
     for split, metrics in clf.metrics_.items():
-        if split != "dev_at_0.5":
-            render(metrics, clf.classes_, f"{split} ({metrics['rows']} texts)")
-    if "dev_at_0.5" in clf.metrics_:
-        print(f"dev macro-F1 {clf.metrics_['dev']['macro_f1']:.4f} with per-label thresholds tuned on dev "
-              f"({clf.metrics_['dev_at_0.5']['macro_f1']:.4f} at 0.5); predict uses the tuned thresholds")
+        render(metrics, clf.classes_, f"{split} ({metrics['rows']} texts)")
+        if "at_0.5" in metrics:
+            print(f"{split} macro-F1 {metrics['macro_f1']:.4f} with per-label thresholds tuned on dev, "
+                  f"{metrics['at_0.5']['macro_f1']:.4f} at 0.5 (predict uses the tuned thresholds)")
     t = clf.training_
     print(f"best epoch {clf.best_epoch_} of {len(clf.history_)}; trained {t['seconds']:.0f} s at "
           f"{t['samples_per_s']:.0f} samples/s ({clf.precision_}, {t['device']}, {t['threads']} threads)")

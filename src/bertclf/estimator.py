@@ -20,7 +20,7 @@ from .batching import Encoded, encode
 from .checkpoints import Checkpointing
 from .data import check_classes, check_known_labels, content_sha256, infer_task, label_counts
 from .errors import BertclfError
-from .metrics import check_metric, compute, tune_thresholds
+from .metrics import check_metric, compute, headline, tune_thresholds
 from .modeling import DEFAULT_MODEL, device_type, is_main_process, load_classifier, resolve_model, training_attention
 from .predict import decide, predict_logits, probabilities
 
@@ -181,9 +181,8 @@ class TextClassifier:
         if dev_texts:
             dev_logits, dev_targets = self._forward(dev_encoded), self._targets(dev_labels).numpy()
             if multilabel and self.tune_thresholds:
-                self.metrics_["dev_at_0.5"] = compute(dev_targets, decide(dev_logits, True), self.classes_, True)
                 self.thresholds_ = tune_thresholds(probabilities(dev_logits, True), dev_targets)
-            self.metrics_["dev"] = compute(dev_targets, decide(dev_logits, multilabel, self.thresholds_), self.classes_, multilabel)
+            self.metrics_["dev"] = self._scores(dev_logits, dev_targets)
         return self
 
     # ------------------------------------------------------------------ predict
@@ -206,8 +205,15 @@ class TextClassifier:
         multilabel = self.task_ == "multilabel"
         labels = _as_names(labels, multilabel)
         check_known_labels(labels, multilabel, self.classes_, where)
-        predicted = decide(self._logits(texts), multilabel, self.thresholds_)
-        return compute(self._targets(labels).numpy(), predicted, self.classes_, multilabel)
+        return self._scores(self._logits(texts), self._targets(labels).numpy())
+
+    def _scores(self, logits: np.ndarray, targets: np.ndarray) -> dict:
+        """Metrics at the model's thresholds; with tuned multi-label thresholds also the headline at 0.5."""
+        multilabel = self.task_ == "multilabel"
+        metrics = compute(targets, decide(logits, multilabel, self.thresholds_), self.classes_, multilabel)
+        if multilabel and set(self.thresholds_) != {0.5}:
+            metrics["at_0.5"] = headline(compute(targets, decide(logits, True), self.classes_, True))
+        return metrics
 
     # ------------------------------------------------------------------ artifact
     def save(self, path: str, overwrite: bool = False, extra: dict | None = None) -> str:
