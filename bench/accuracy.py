@@ -1,0 +1,163 @@
+"""Accuracy on real datasets: `bertclf train` as a user runs it, mean ± std over seeds, against published numbers.
+
+Each run is the real command line, `python -m bertclf train TRAIN [--dev DEV] --test TEST --seed S ...`, in its
+own process: the best epoch is picked on the dev file, or on bertclf's seeded stratified split of train where a
+dataset has none (never on test); the test file is scored once, by the selected model. A variant adds flags
+(class weighting for emotion, --no-tune-thresholds for GoEmotions); a dataset may train on a seeded sample of
+its train file to fit the CPU budget, and the table says so.
+
+    python bench/accuracy.py                                   # every dataset, seeds 42,43,44
+    python bench/accuracy.py --datasets trec,banking77 --seeds 42
+    python bench/accuracy.py --quick --model DIR --output DIR  # smoke run: 200 rows (GoEmotions 1,000), 1 epoch
+Writes docs/benchmarks/accuracy.{json,md} (a dataset run again replaces its rows); models stay in runs/accuracy/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from common import DATASETS, DOCS, REPO
+
+# The published anchors come from ../shared/datasets/README.md; targets are those of issue 3.
+SUITE: dict[str, dict] = {
+    "sst2_sentences": {"metrics": ["accuracy"], "report": ["dev", "test"], "anchor": "MiniLM-L6-H384 91.5, DistilBERT 91.3 (GLUE dev)", "target": {"accuracy": 0.915}},
+    "trec": {"metrics": ["accuracy"], "report": ["test"], "anchor": "bert-base-cased 97.4", "target": {"accuracy": 0.97}},
+    "banking77": {"metrics": ["accuracy"], "report": ["test"], "anchor": "bert-base 93.1", "target": {"accuracy": 0.93}},
+    "emotion": {"metrics": ["accuracy", "macro_f1"], "report": ["test"], "anchor": "bert-base 94.05 acc",
+                "target": {"accuracy": 0.93, "macro_f1": 0.89}, "variants": {"": [], "class-weight balanced": ["--class-weight", "balanced"]}},
+    "goemotions": {"metrics": ["macro_f1"], "report": ["test"], "anchor": "BERT-base 46 (paper), 50.3 (reproduction)",
+                   "target": {"macro_f1": 0.50}, "quick_sample": 1000},  # 1,000 rows hold all 28 labels
+    "imdb": {"metrics": ["accuracy"], "report": ["test"], "anchor": "DistilBERT 92.8; truncated-to-128 88.0",
+             "target": {"accuracy": 0.92}, "train_sample": 4000, "flags": ["--max-length", "512"]},
+}
+
+
+def sample_file(name: str, rows: int, seed: int, work: Path) -> str:
+    """A seeded sample of a dataset's train file (written once, reused by every seed's run)."""
+    path = work / f"{name}-train-{rows}.csv"
+    if not path.exists():
+        frame = pd.read_csv(DATASETS / name / "train.csv", dtype=str, keep_default_na=False)
+        work.mkdir(parents=True, exist_ok=True)
+        frame.sample(min(rows, len(frame)), random_state=seed).to_csv(path, index=False)
+    return str(path)
+
+
+def run_once(command: list[str]) -> tuple[dict, float, float]:
+    """Run one `bertclf train`; its record, wall seconds and peak RSS (MiB, GNU time)."""
+    started = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-f", "peak_rss_kb %M", *command], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    seconds = time.perf_counter() - started
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
+    rss_kb = int(proc.stderr.strip().splitlines()[-1].split()[-1])
+    out = command[command.index("--output") + 1]
+    return json.loads((Path(out) / "bertclf.json").read_text()), seconds, rss_kb / 1024
+
+
+def dataset_rows(name: str, seeds: list[int], model: str | None, work: Path, quick: bool) -> list[dict]:
+    spec = SUITE[name]
+    folder = DATASETS / name
+    train = str(folder / "train.csv")
+    sample = spec.get("quick_sample", 200) if quick else spec.get("train_sample")
+    if sample:
+        train = sample_file(name, sample, 0, work / "data")
+    base = [sys.executable, "-m", "bertclf", "train", train, "--test", str(folder / "test.csv")]
+    if (folder / "dev.csv").exists():
+        base += ["--dev", str(folder / "dev.csv")]
+    base += spec.get("flags", []) + (["--model", model] if model else []) + (["--epochs", "1"] if quick else [])
+    rows = []
+    for variant, flags in spec.get("variants", {"": []}).items():
+        runs = []
+        for seed in seeds:
+            out = work / f"{name}{'-' + variant.replace(' ', '-') if variant else ''}-seed{seed}"
+            command = [*base, *flags, "--seed", str(seed), "--output", str(out), "--overwrite", "--quiet"]
+            print(f"{name} {variant or 'defaults'} seed {seed} ...", file=sys.stderr, flush=True)
+            record, seconds, rss = run_once(command)
+            runs.append({"record": record, "seconds": seconds, "rss": rss})
+            print(f"  {json.dumps({k: round(v, 4) for k, v in record['metrics']['test'].items() if isinstance(v, float)})} "
+                  f"{seconds:.0f} s", file=sys.stderr, flush=True)
+        shown = " ".join(part.replace(sys.executable, "python").replace(str(REPO) + "/", "").replace(str(DATASETS.parent) + "/", "../shared/")
+                         for part in command).replace(f"--seed {seeds[-1]}", "--seed S")
+        first = runs[0]["record"]
+        for split in spec["report"]:
+            for metric in spec["metrics"]:
+                kinds = [("", metric)]
+                if name == "goemotions":  # tuned per-label thresholds and the plain 0.5 cut, from the same models
+                    kinds = [("", metric), ("thresholds 0.5", metric)]
+                for kind, key in kinds:
+                    values = [r["record"]["metrics"][split]["at_0.5"][key] if kind else r["record"]["metrics"][split][key] for r in runs]
+                    rows.append({
+                        "dataset": name, "variant": ", ".join(v for v in (variant, kind) if v) or "defaults",
+                        "split": split, "rows": first["metrics"][split]["rows"], "metric": key,
+                        "mean": round(statistics.mean(values), 4), "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+                        "values": [round(v, 4) for v in values], "seeds": seeds,
+                        "target": spec["target"].get(key), "reference": spec["anchor"],
+                        "model": first["base_model"] if model is None else model, "train_rows": first["data"]["train"]["rows_used"],
+                        "train_sample": sample, "epochs": [len(r["record"]["history"]) for r in runs],
+                        "best_epochs": [r["record"]["best_epoch"] for r in runs],
+                        "wall_s": round(statistics.mean(r["seconds"] for r in runs)),
+                        "samples_per_s": round(statistics.mean(r["record"]["training"]["samples_per_s"] for r in runs), 1),
+                        "peak_rss_mb": round(max(r["rss"] for r in runs)),
+                        "command": shown,
+                    })
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["# Accuracy on real datasets", "",
+             "`bertclf train` with its defaults unless the variant says otherwise, MiniLM-L6 (all-MiniLM-L6-v2), this "
+             f"machine's {os.cpu_count()} CPU cores. Best epoch picked on dev (or on the seeded 20% split of train where a "
+             "dataset has no dev file); test scored once. Mean ± std over the seeds listed; wall time and samples/s are per "
+             "run (mean), peak RSS the largest of the runs.", "",
+             "| dataset | variant | split (rows) | metric | ours mean ± std | seeds | target | published | train rows | epochs (best) | wall s | samples/s | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        target = "" if r["target"] is None else f"{r['target']:.3f} {'met' if r['mean'] >= r['target'] else '**missed**'}"
+        sample = f"{r['train_rows']} (sample of {r['train_sample']})" if r["train_sample"] else str(r["train_rows"])
+        epochs = ", ".join(f"{e} ({b})" for e, b in zip(r["epochs"], r["best_epochs"]))
+        lines.append(f"| {r['dataset']} | {r['variant']} | {r['split']} ({r['rows']}) | {r['metric']} | {r['mean']:.4f} ± {r['std']:.4f} | "
+                     f"{','.join(map(str, r['seeds']))} | {target} | {r['reference']} | {sample} | {epochs} | {r['wall_s']} | "
+                     f"{r['samples_per_s']} | {r['peak_rss_mb']} |")
+    lines += ["", "Commands (one run per seed S; `python bench/accuracy.py --datasets NAME --seeds ...` reruns a dataset's rows):", ""]
+    lines += sorted({f"- {r['dataset']}: `{r['command']}`" for r in rows})
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default=",".join(SUITE))
+    parser.add_argument("--seeds", default="42,43,44")
+    parser.add_argument("--model", help="model to fine-tune (default: bertclf's default)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 200 train rows (GoEmotions 1,000), 1 epoch")
+    parser.add_argument("--output", help="where results and models go (default: docs/benchmarks and runs/accuracy)")
+    args = parser.parse_args()
+    names = args.datasets.split(",")
+    unknown = [n for n in names if n not in SUITE]
+    if unknown:
+        parser.error(f"unknown dataset(s) {', '.join(unknown)}; known: {', '.join(SUITE)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    docs = Path(args.output) if args.output else DOCS
+    work = Path(args.output) / "runs" if args.output else REPO / "runs" / "accuracy"
+    rows = []
+    for name in names:
+        rows += dataset_rows(name, seeds, args.model, work, args.quick)
+        earlier = docs / "accuracy.json"  # other datasets' rows from earlier runs stay
+        kept = [r for r in json.loads(earlier.read_text())["rows"] if r["dataset"] not in {x["dataset"] for x in rows}] if earlier.exists() else []
+        every = sorted(kept + rows, key=lambda r: list(SUITE).index(r["dataset"]))
+        docs.mkdir(parents=True, exist_ok=True)
+        (docs / "accuracy.json").write_text(json.dumps({"rows": every}, indent=2) + "\n")
+        (docs / "accuracy.md").write_text(markdown(every))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""bench/accuracy.py --quick: the real `bertclf train` runs, rows in the documented JSON shape, rerun replaces rows."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from .conftest import REPO
+
+
+def run(tmp_path, tiny_model_dir, datasets: str, seeds: str) -> dict:
+    subprocess.run([sys.executable, str(REPO / "bench" / "accuracy.py"), "--quick", "--datasets", datasets, "--seeds", seeds,
+                    "--model", tiny_model_dir, "--output", str(tmp_path)], check=True, capture_output=True, text=True)
+    return json.loads((tmp_path / "accuracy.json").read_text())
+
+
+def test_quick_accuracy_bench_writes_rows_per_dataset_and_keeps_others(tmp_path, tiny_model_dir):
+    rows = run(tmp_path, tiny_model_dir, "trec", "1,2")["rows"]
+    assert [(r["dataset"], r["split"], r["metric"]) for r in rows] == [("trec", "test", "accuracy")]
+    row = rows[0]
+    assert {"dataset", "split", "metric", "mean", "std", "seeds", "model", "command"} <= set(row)
+    assert row["seeds"] == [1, 2] and len(row["values"]) == 2 and 0 <= row["mean"] <= 1 and row["rows"] == 500
+    assert row["train_rows"] == 160  # the 200-row sample less the seeded 20% dev split
+    assert "bertclf train" in row["command"] and "--seed S" in row["command"] and "trec/test.csv" in row["command"]
+
+    rows = run(tmp_path, tiny_model_dir, "goemotions", "1")["rows"]
+    kinds = {(r["dataset"], r["variant"], r["metric"]) for r in rows}
+    assert kinds == {("trec", "defaults", "accuracy"), ("goemotions", "defaults", "macro_f1"),
+                     ("goemotions", "thresholds 0.5", "macro_f1")}
+    markdown = (tmp_path / "accuracy.md").read_text()
+    assert "| trec | defaults | test (500) | accuracy |" in markdown and "| goemotions | thresholds 0.5 |" in markdown
