@@ -70,6 +70,10 @@ def main() -> None:
     if earlier.exists():
         kept = [r for r in json.loads(earlier.read_text())["runs"] if r["dataset"] not in {r["dataset"] for r in rows}]
         rows = kept + rows
+    write_report(rows)
+
+
+def write_report(rows: list[dict]) -> None:
     lines = ["# Tuning within a time budget", "",
              f"`python bench/tuning.py --datasets NAME --budget B` — MiniLM-L6, {os.cpu_count()} CPU cores. "
              "The first trial of each study is the defaults; selection uses dev only, test is reported.", "",
@@ -81,7 +85,8 @@ def main() -> None:
                      f"{d['dev']:.4f} | {d['test']:.4f} | {b['dev']:.4f} | {b['test']:.4f} | {b['trial']}: "
                      f"{', '.join(f'{k} {v:.3g}' if isinstance(v, float) else f'{k} {v}' for k, v in b['params'].items())} | "
                      f"{'yes' if r['beats_defaults_on_dev'] else 'no'} |")
-    lines += ["", "Commands:", ""] + [f"- `{r['command']}`" for r in rows] + [""]
+    notes = [f"* {r['dataset']}: {note}" for r in rows for note in r.get("notes", [])]  # observations kept with their row
+    lines += ["", *notes, "", "Commands:", ""] + [f"- `{r['command']}`" for r in rows] + [""]
     write_results("tuning", {"runs": rows}, "\n".join(lines))
 
 
