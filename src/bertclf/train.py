@@ -23,7 +23,7 @@ from . import checkpoints
 from .batching import Collator, Encoded, LengthGroupedBatches
 from .checkpoints import Checkpointing
 from .metrics import compute, headline
-from .modeling import device_type, process_state, resolve_precision
+from .modeling import MemoryReleaser, device_type, process_state, resolve_precision
 from .predict import decide, predict_logits
 
 
@@ -175,6 +175,7 @@ def train(
         bar = tqdm(batches, desc=f"epoch {epoch}/{params.epochs}", initial=done, total=len(loader),
                    disable=not show, file=sys.stderr, leave=False)
         started = time.perf_counter()
+        release_memory = MemoryReleaser()
         for batch in bar:
             with accelerator.accumulate(model):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -191,6 +192,7 @@ def train(
             progress["epoch_seen"] += rows
             progress["epoch_loss_sum"] += loss.item() * rows
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            release_memory()
             if accelerator.sync_gradients:
                 progress["step"] += 1
                 every = checkpointing.every_steps if checkpointing else 0
