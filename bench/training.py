@@ -149,14 +149,23 @@ def main() -> None:
             gflops = row.pop("useful_gflop") / row["train_seconds"]
             row["useful_gflops"] = round(gflops, 1)
             row["share_of_ceiling"] = round(gflops / ceilings[row["precision"]], 3)
+            row["command"] = command
             runs.append(row)
             print(f"  {json.dumps(row)}", file=sys.stderr, flush=True)
+        earlier_table = next((t for t in kept if t["dataset"] == dataset and t.get("train_sample") == (int(max_train) if max_train else None)), None)
+        if earlier_table and "hf_default" not in args.runs.split(","):
+            # Some runs repeated (e.g. after a change to bertclf): they join the earlier table and its baseline,
+            # which each such row says, since speed ratios across runs carry the machine's drift.
+            for row in runs:
+                row["baseline_from_earlier_run"] = True
+            runs = sorted([r for r in earlier_table["runs"] if r["name"] not in args.runs.split(",")] + runs,
+                          key=lambda r: RUNS.index(r["name"]))
         base = next((r for r in runs if r["name"] == "hf_default"), runs[0])
         for row in runs:
             row["ratio"] = round(row["samples_per_s"] / base["samples_per_s"], 2)
         tables.append({"dataset": dataset, "train_sample": int(max_train) if max_train else None, "runs": runs,
                        "epochs": args.epochs, "lr": args.lr, "seed": args.seed, "matmul_ceiling_gflops": ceilings,
-                       "command": command})
+                       "command": command, "notes": earlier_table.get("notes", []) if earlier_table and "hf_default" not in args.runs.split(",") else []})
         # Written after every dataset, so a long run that is stopped keeps what it finished.
         done = {t["dataset"] for t in tables}
         every = [t for t in kept if t["dataset"] not in done] + tables
@@ -178,11 +187,13 @@ def markdown(tables: list[dict]) -> str:
         sample = ", a seeded sample of the train split" if table["train_sample"] else ""
         lines += [f"## {table['dataset']} ({first['train_rows']} train{sample} / {first['dev_rows']} dev)", "",
                   f"{table['epochs']} epochs, lr {table['lr']:g}, seed {table['seed']}; matmul ceiling fp32 "
-                  f"{ceilings['fp32']} GFLOP/s, bf16 {ceilings['bf16']} GFLOP/s. Reproduce: `{table['command']}`", "",
+                  f"{ceilings['fp32']} GFLOP/s, bf16 {ceilings['bf16']} GFLOP/s. Reproduce: "
+                  + ", then ".join(f"`{c}`" for c in dict.fromkeys(r.get("command", table["command"]) for r in table["runs"])), "",
                   "| run | precision | samples/s | ratio | dev accuracy | peak RSS MiB | useful GFLOP/s | share of ceiling | train s |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in table["runs"]:
-            lines.append(f"| {r['name']} | {r['precision']} | {r['samples_per_s']:.1f} | {r['ratio']:.2f}x | "
+            later = " (rerun; baseline from the earlier run)" if r.get("baseline_from_earlier_run") else ""
+            lines.append(f"| {r['name']}{later} | {r['precision']} | {r['samples_per_s']:.1f} | {r['ratio']:.2f}x | "
                          f"{r['dev_accuracy']:.4f} | {r['peak_rss_mb']:.0f} | {r['useful_gflops']:.1f} | "
                          f"{r['share_of_ceiling']:.0%} | {r['train_seconds']:.0f} |")
         lines += [""] + [f"* {note}" for note in table.get("notes", [])] + [""]
