@@ -134,9 +134,11 @@ class LengthGroupedBatches(Sampler[list[int]]):
     A batch with fewer rows than processes is merged into its neighbour so that every process gets rows.
     (DDP averages the processes' mean losses, so where shares differ by a row its texts weigh a little more.)
 
-    ``max_tokens`` cuts each window by padded tokens (rows × longest row) instead of ``batch_size`` rows:
-    many short texts or few long ones per step, so every step costs about the same. The number of batches
-    then differs a little between epochs; :meth:`num_batches` tells the schedule in advance.
+    ``max_tokens`` also caps each batch's padded tokens (rows × longest row): a batch of long texts is cut
+    into smaller ones, which bounds the activations a step holds (peak memory follows the largest batch in
+    tokens), while short texts still come ``batch_size`` to a batch. With a large ``batch_size`` this is pure
+    token-budget batching. The number of batches then differs a little between epochs; :meth:`num_batches`
+    tells the schedule in advance.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, window_batches: int = 50,
@@ -171,7 +173,7 @@ class LengthGroupedBatches(Sampler[list[int]]):
         for start in range(0, len(order), self.window):
             window = order[start : start + self.window]
             if self.max_tokens:
-                cut = [window[b].tolist() for b in token_budget_batches(self.lengths[window], self.max_tokens, len(window))]
+                cut = [window[b].tolist() for b in token_budget_batches(self.lengths[window], self.max_tokens, self.batch_size)]
             else:
                 window = window[np.argsort(-self.lengths[window], kind="stable")]
                 cut = [window[i : i + self.batch_size].tolist() for i in range(0, len(window), self.batch_size)]

@@ -72,7 +72,8 @@ def _train_parser(sub) -> None:
         "max_length": (int, "tokens per text incl. special tokens; longer texts are truncated and counted"),
         "epochs": (int, "training epochs"),
         "batch_size": (int, "texts per optimizer step (times --grad-accum)"),
-        "batch_tokens": (int, "instead of --batch-size: padded tokens (texts x longest) per step, at least --max-length"),
+        "batch_tokens": (int, "cap on padded tokens (texts x longest) per step, at least --max-length: batches of long "
+                                "texts are cut, bounding memory; with a large --batch-size, pure token-budget batching"),
         "lr": (float, "peak AdamW learning rate; default: 1e-4 for small encoders (hidden ≤ 512), 3e-5 for larger"),
         "weight_decay": (float, "AdamW weight decay (not on biases and LayerNorm)"),
         "warmup_ratio": (float, "share of steps with linear warmup, then linear decay"),

@@ -34,7 +34,7 @@ class TextClassifier:
     max_length: int = 256  # tokens per text, special tokens included; longer texts are truncated (and counted)
     epochs: int = 3
     batch_size: int = 32
-    batch_tokens: int | None = None  # padded tokens per training batch instead of batch_size rows (rows vary)
+    batch_tokens: int | None = None  # cap on a training batch's padded tokens (bounds memory); None = no cap
     lr: float | None = None  # peak AdamW rate; None: 1e-4 for small encoders (hidden ≤ 512), else 3e-5
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
