@@ -150,6 +150,7 @@ def main() -> None:
             row["useful_gflops"] = round(gflops, 1)
             row["share_of_ceiling"] = round(gflops / ceilings[row["precision"]], 3)
             row["command"] = command
+            row["matmul_ceiling_gflops"] = ceilings
             runs.append(row)
             print(f"  {json.dumps(row)}", file=sys.stderr, flush=True)
         earlier_table = next((t for t in kept if t["dataset"] == dataset and t.get("train_sample") == (int(max_train) if max_train else None)), None)
@@ -158,6 +159,9 @@ def main() -> None:
             # which each such row says, since speed ratios across runs carry the machine's drift.
             for row in runs:
                 row["baseline_from_earlier_run"] = True
+            for row in earlier_table["runs"]:
+                row.setdefault("command", earlier_table["command"])
+                row.setdefault("matmul_ceiling_gflops", earlier_table["matmul_ceiling_gflops"])
             runs = sorted([r for r in earlier_table["runs"] if r["name"] not in args.runs.split(",")] + runs,
                           key=lambda r: RUNS.index(r["name"]))
         base = next((r for r in runs if r["name"] == "hf_default"), runs[0])
@@ -187,7 +191,9 @@ def markdown(tables: list[dict]) -> str:
         sample = ", a seeded sample of the train split" if table["train_sample"] else ""
         lines += [f"## {table['dataset']} ({first['train_rows']} train{sample} / {first['dev_rows']} dev)", "",
                   f"{table['epochs']} epochs, lr {table['lr']:g}, seed {table['seed']}; matmul ceiling fp32 "
-                  f"{ceilings['fp32']} GFLOP/s, bf16 {ceilings['bf16']} GFLOP/s. Reproduce: "
+                  + ", ".join(sorted({f"{r.get('matmul_ceiling_gflops', ceilings)['fp32']}" for r in table["runs"]}))
+                  + " GFLOP/s, bf16 " + ", ".join(sorted({f"{r.get('matmul_ceiling_gflops', ceilings)['bf16']}" for r in table["runs"]}))
+                  + " GFLOP/s (measured in each run; a row's share uses its own run's). Reproduce: "
                   + ", then ".join(f"`{c}`" for c in dict.fromkeys(r.get("command", table["command"]) for r in table["runs"])), "",
                   "| run | precision | samples/s | ratio | dev accuracy | peak RSS MiB | useful GFLOP/s | share of ceiling | train s |",
                   "|---|---|---|---|---|---|---|---|---|"]
