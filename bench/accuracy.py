@@ -27,6 +27,8 @@ import pandas as pd
 
 from common import DATASETS, DOCS, REPO
 
+GNU_TIME = "/usr/bin/time"  # Debian package 'time'; without it peak RSS is not recorded
+
 # The published anchors come from ../shared/datasets/README.md; targets are those of issue 3.
 SUITE: dict[str, dict] = {
     "sst2_sentences": {"metrics": ["accuracy"], "report": ["dev", "test"], "anchor": "MiniLM-L6-H384 91.5, DistilBERT 91.3 (GLUE dev)", "target": {"accuracy": 0.915}},
@@ -51,17 +53,18 @@ def sample_file(name: str, rows: int, seed: int, work: Path) -> str:
     return str(path)
 
 
-def run_once(command: list[str]) -> tuple[dict, float, float]:
-    """Run one `bertclf train`; its record, wall seconds and peak RSS (MiB, GNU time)."""
+def run_once(command: list[str]) -> tuple[dict, float, float | None]:
+    """Run one `bertclf train`; its record, wall seconds and peak RSS (MiB, by GNU time where installed)."""
+    timed = os.path.exists(GNU_TIME)
     started = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-f", "peak_rss_kb %M", *command], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run([GNU_TIME, "-f", "peak_rss_kb %M", *command] if timed else command, capture_output=True,
+                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     seconds = time.perf_counter() - started
     if proc.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
-    rss_kb = int(proc.stderr.strip().splitlines()[-1].split()[-1])
+    rss = int(proc.stderr.strip().splitlines()[-1].split()[-1]) / 1024 if timed else None
     out = command[command.index("--output") + 1]
-    return json.loads((Path(out) / "bertclf.json").read_text()), seconds, rss_kb / 1024
+    return json.loads((Path(out) / "bertclf.json").read_text()), seconds, rss
 
 
 def dataset_rows(name: str, seeds: list[int], model: str | None, work: Path, quick: bool) -> list[dict]:
@@ -107,7 +110,7 @@ def dataset_rows(name: str, seeds: list[int], model: str | None, work: Path, qui
                         "best_epochs": [r["record"]["best_epoch"] for r in runs],
                         "wall_s": round(statistics.mean(r["seconds"] for r in runs)),
                         "samples_per_s": round(statistics.mean(r["record"]["training"]["samples_per_s"] for r in runs), 1),
-                        "peak_rss_mb": round(max(r["rss"] for r in runs)),
+                        "peak_rss_mb": round(max(r["rss"] for r in runs)) if all(r["rss"] for r in runs) else None,
                         "command": shown,
                     })
     return rows
@@ -127,7 +130,7 @@ def markdown(rows: list[dict]) -> str:
         epochs = ", ".join(f"{e} ({b})" for e, b in zip(r["epochs"], r["best_epochs"]))
         lines.append(f"| {r['dataset']} | {r['variant']} | {r['split']} ({r['rows']}) | {r['metric']} | {r['mean']:.4f} ± {r['std']:.4f} | "
                      f"{','.join(map(str, r['seeds']))} | {target} | {r['reference']} | {sample} | {epochs} | {r['wall_s']} | "
-                     f"{r['samples_per_s']} | {r['peak_rss_mb']} |")
+                     f"{r['samples_per_s']} | {r['peak_rss_mb'] or 'n/a'} |")
     lines += ["", "Commands (one run per seed S; `python bench/accuracy.py --datasets NAME --seeds ...` reruns a dataset's rows):", ""]
     lines += sorted({f"- {r['dataset']}: `{r['command']}`" for r in rows})
     return "\n".join(lines) + "\n"
