@@ -90,7 +90,7 @@ def dataset_rows(name: str, seeds: list[int], model: str | None, work: Path, qui
             print(f"  {json.dumps({k: round(v, 4) for k, v in record['metrics']['test'].items() if isinstance(v, float)})} "
                   f"{seconds:.0f} s", file=sys.stderr, flush=True)
         shown = " ".join(part.replace(sys.executable, "python").replace(str(REPO) + "/", "").replace(str(DATASETS.parent) + "/", "../shared/")
-                         for part in command).replace(f"--seed {seeds[-1]}", "--seed S")
+                         for part in command).replace(f"seed{seeds[-1]}", "seedS").replace(f"--seed {seeds[-1]}", "--seed S")
         first = runs[0]["record"]
         for split in spec["report"]:
             for metric in spec["metrics"]:
