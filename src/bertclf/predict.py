@@ -13,7 +13,7 @@ import torch
 
 from .batching import Encoded, collate, token_budget_batches
 from .errors import BertclfError
-from .modeling import MemoryReleaser
+from .modeling import release_memory
 
 MAX_BATCH_TOKENS = 4096  # padded tokens per forward pass: fills the cores; 16384 was slower and used more memory
 MAX_BATCH_ROWS = 128
@@ -30,7 +30,6 @@ def batched_logits(
 
     out: np.ndarray | None = None
     batches = token_budget_batches(encoded.lengths, MAX_BATCH_TOKENS, max_rows, MAX_PADDING)
-    release_memory = MemoryReleaser()
     for rows in tqdm(batches, desc="predict", disable=not progress, file=sys.stderr, leave=False):
         release_memory()
         logits = forward(collate([encoded.input_ids[i] for i in rows], pad_id))

@@ -23,7 +23,7 @@ from . import checkpoints
 from .batching import Collator, Encoded, LengthGroupedBatches
 from .checkpoints import Checkpointing
 from .metrics import compute, headline
-from .modeling import MemoryReleaser, device_type, process_state, resolve_precision
+from .modeling import device_type, process_state, release_memory, resolve_precision
 from .predict import decide, predict_logits
 
 
@@ -175,7 +175,6 @@ def train(
         bar = tqdm(batches, desc=f"epoch {epoch}/{params.epochs}", initial=done, total=len(loader),
                    disable=not show, file=sys.stderr, leave=False)
         started = time.perf_counter()
-        release_memory = MemoryReleaser()
         for batch in bar:
             with accelerator.accumulate(model):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
