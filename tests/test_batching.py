@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bertclf.batching import LengthGroupedBatches, collate, encode, token_budget_batches
+from bertclf.batching import LengthGroupedBatches, collate, default_batch_tokens, encode, token_budget_batches
 
 
 def lengths(n=1000, seed=0):
@@ -73,6 +73,17 @@ def test_token_budget_training_batches_shard_across_processes():
     shares = [list(LengthGroupedBatches(lens, 32, seed=5, max_tokens=900, num_replicas=2, rank=r)) for r in (0, 1)]
     for batch, first, second in zip(whole, *shares):
         assert sorted(first + second) == sorted(batch) and first and second
+
+
+def test_default_training_cap_follows_the_average_batch_and_cuts_only_the_longest():
+    lens = [20] * 950 + [100] * 50  # a few long texts, as in real data
+    cap = default_batch_tokens(lens, batch_size=32)
+    assert cap == int(1.5 * 32 * 24)  # mean length 24
+    sampler = LengthGroupedBatches(lens, batch_size=32, seed=1, max_tokens=cap)
+    batches = list(sampler)
+    assert max(len(b) * max(lens[i] for i in b) for b in batches) <= cap  # uncapped: 32 x 100 = 3,200
+    assert sum(len(b) == 32 for b in batches) >= 25  # short texts keep full batches
+    assert default_batch_tokens([5, 6, 500], batch_size=1) == 500  # never below the longest text
 
 
 class CountingTokenizer:

@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from bertclf import BertclfError, TextClassifier
-from bertclf.cli import main
+from bertclf import BertclfError, TextClassifier, backends
+from bertclf.cli import build_parser, main
+from bertclf.modeling import cpu_has_native_bf16
 
 from .conftest import subset
 
@@ -35,7 +36,32 @@ def test_export_records_each_backend_and_auto_picks_an_accepted_one(model_dir, c
     for row in rows.values():
         assert row["texts_per_s"] > 0 and 0 <= row["accuracy"] <= 1
     auto = TextClassifier.load(model_dir, backend="auto")
-    assert auto.backend_ in rows and rows[auto.backend_]["accepted"]
+    assert auto.backend_ in rows and rows[auto.backend_]["accepted"] and auto.backend_ != backends.COMPILED
+    if cpu_has_native_bf16():
+        assert rows[backends.COMPILED]["agreement"] >= 0.95 and rows[backends.COMPILED]["first_call_s"] > 0
+
+
+def test_auto_picks_the_compiled_backend_only_for_large_inputs():
+    record = {"backends": {"torch": {"accepted": True, "texts_per_s": 100.0},
+                           "onnx": {"accepted": True, "texts_per_s": 150.0},
+                           backends.COMPILED: {"accepted": True, "texts_per_s": 300.0}}}
+    assert backends.choose(record, "auto", input_bytes=1000) == "onnx"
+    assert backends.choose(record, "auto", input_bytes=backends.COMPILE_MIN_BYTES) == backends.COMPILED
+    assert backends.choose(record, "auto", onnx_first=True, input_bytes=backends.COMPILE_MIN_BYTES) == "onnx"
+
+
+def test_the_cli_offers_every_backend():
+    predict = build_parser()._subparsers._group_actions[0].choices["predict"]
+    assert next(a for a in predict._actions if a.dest == "backend").choices == backends.BACKENDS
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="needs a CPU with native bf16")
+def test_compiled_backend_agrees_with_eager_bf16_and_scores_a_single_text(model_dir):
+    texts = subset("sst2_sentences", "test", 40, seed=3).text.tolist()
+    eager = TextClassifier.load(model_dir, backend="torch-bf16")
+    compiled = TextClassifier.load(model_dir, backend=backends.COMPILED)
+    assert np.abs(compiled.predict_proba(texts) - eager.predict_proba(texts)).max() < 0.05
+    assert np.abs(compiled.predict_proba(texts[:1]) - eager.predict_proba(texts[:1])).max() < 0.05
 
 
 def test_onnx_backend_matches_torch(model_dir):

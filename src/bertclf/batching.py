@@ -185,6 +185,17 @@ class LengthGroupedBatches(Sampler[list[int]]):
         return [batches[b] for b in rng.permutation(len(batches))]
 
 
+def default_batch_tokens(lengths: Sequence[int], batch_size: int, factor: float = 1.5) -> int:
+    """The training batch cap when none is given: ``factor`` × the padded tokens of an average batch
+    (``batch_size`` × the mean text length), and never below the longest text.
+
+    Peak memory follows the largest batch in tokens. Uncapped, a batch of the longest texts holds several times
+    the tokens of a typical one (on SST-2, 32 × 80 = 2,560 against 830 on average), so a few batches set the
+    peak for the whole run; capped, they are cut in two and the peak follows the typical batch.
+    """
+    return max(int(factor * batch_size * float(np.mean(lengths))), int(max(lengths)))
+
+
 def token_budget_batches(
     lengths: Sequence[int], max_tokens: int, max_batch: int, max_padding: int | None = None
 ) -> list[list[int]]:

@@ -12,6 +12,8 @@ import json
 import os
 import re
 import shutil
+import tempfile
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -60,10 +62,40 @@ def latest(path: str) -> str:
     return found[-1]
 
 
-def save(accelerator, directory: str, progress: dict, best_state: dict | None, keep: int) -> str:
-    """Write one checkpoint atomically, then drop all but the newest ``keep``."""
-    from safetensors.torch import save_file
+class BestWeights:
+    """The best epoch's weights so far, in a temporary safetensors file rather than in memory.
 
+    A model-sized copy in RAM stayed resident for the rest of the run and raised its peak RSS by that much
+    (90 MB for MiniLM-L6 in fp32); writing it takes a fraction of a second per improving epoch. The file is
+    removed by :meth:`close`, or when the object is collected, or at exit (after an error).
+    """
+
+    def __init__(self):
+        folder = tempfile.mkdtemp(prefix="bertclf-best-")
+        self.path = os.path.join(folder, BEST_FILE)
+        self.close = weakref.finalize(self, shutil.rmtree, folder, True)
+
+    @property
+    def saved(self) -> bool:
+        return os.path.isfile(self.path)
+
+    def save(self, model: torch.nn.Module) -> None:
+        from safetensors.torch import save_model
+
+        save_model(model, self.path + ".tmp")
+        os.replace(self.path + ".tmp", self.path)
+
+    def load_into(self, model: torch.nn.Module) -> None:
+        from safetensors.torch import load_model
+
+        load_model(model, self.path, device=str(next(model.parameters()).device))
+
+    def copy_from(self, path: str) -> None:
+        shutil.copyfile(path, self.path)
+
+
+def save(accelerator, directory: str, progress: dict, best: BestWeights, keep: int) -> str:
+    """Write one checkpoint atomically, then drop all but the newest ``keep``."""
     final = os.path.join(directory, f"step-{progress['step']:08d}")
     tmp = os.path.join(directory, f".step-{progress['step']:08d}.tmp-{os.getpid()}")
     try:
@@ -72,8 +104,8 @@ def save(accelerator, directory: str, progress: dict, best_state: dict | None, k
         accelerator.wait_for_everyone()
         accelerator.save_state(tmp)
         if accelerator.is_main_process:
-            if best_state is not None:
-                save_file({k: v.contiguous() for k, v in best_state.items()}, os.path.join(tmp, BEST_FILE))
+            if best.saved:
+                shutil.copyfile(best.path, os.path.join(tmp, BEST_FILE))
             with open(os.path.join(tmp, PROGRESS_FILE), "w", encoding="utf-8") as fh:
                 json.dump(progress, fh, indent=1)
             if os.path.exists(final):  # the same step saved again (an epoch end right after a step checkpoint)
@@ -88,10 +120,8 @@ def save(accelerator, directory: str, progress: dict, best_state: dict | None, k
     return final
 
 
-def load(accelerator, path: str, fingerprint: dict) -> tuple[dict, dict | None]:
-    """Restore accelerate's state from ``path``; return the progress record and the best weights so far."""
-    from safetensors.torch import load_file
-
+def load(accelerator, path: str, fingerprint: dict, best: BestWeights) -> dict:
+    """Restore accelerate's state and the best weights so far (into ``best``) from ``path``; return the progress record."""
     with open(os.path.join(path, PROGRESS_FILE), encoding="utf-8") as fh:
         progress = json.load(fh)
     changed = sorted(k for k in set(fingerprint) | set(progress["fingerprint"])
@@ -102,10 +132,6 @@ def load(accelerator, path: str, fingerprint: dict) -> tuple[dict, dict | None]:
             "resume with the same data and settings, or start again without --resume"
         )
     accelerator.load_state(path)
-    best_file = os.path.join(path, BEST_FILE)
-    best_state = load_file(best_file) if os.path.exists(best_file) else None
-    return progress, best_state
-
-
-def clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if os.path.exists(os.path.join(path, BEST_FILE)):
+        best.copy_from(os.path.join(path, BEST_FILE))
+    return progress

@@ -73,7 +73,8 @@ def _train_parser(sub) -> None:
         "epochs": (int, "training epochs"),
         "batch_size": (int, "texts per optimizer step (times --grad-accum)"),
         "batch_tokens": (int, "cap on padded tokens (texts x longest) per step, at least --max-length: batches of long "
-                                "texts are cut, bounding memory; with a large --batch-size, pure token-budget batching"),
+                                "texts are cut, bounding memory; with a large --batch-size, pure token-budget batching. "
+                                "Default: 1.5 x an average batch (--batch-size x mean text length); 0 = no cap"),
         "lr": (float, "peak AdamW learning rate; default: 1e-4 for small encoders (hidden ≤ 512), 3e-5 for larger"),
         "weight_decay": (float, "AdamW weight decay (not on biases and LayerNorm)"),
         "warmup_ratio": (float, "share of steps with linear warmup, then linear decay"),
@@ -186,8 +187,11 @@ def _report_dropped(splits: dict) -> None:
 
 
 def _add_backend_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "torch-bf16", "onnx", "onnx-int8"),
-                   help="inference engine; auto: the fastest one 'bertclf export' checked on the dev set, else torch")
+    # backends.BACKENDS, spelled out so that building the parser does not import torch (a test keeps them equal)
+    p.add_argument("--backend", default="auto",
+                   choices=("auto", "torch", "torch-bf16", "torch-bf16-compiled", "onnx", "onnx-int8"),
+                   help="inference engine; auto: the fastest one 'bertclf export' checked on the dev set, else torch "
+                        "(torch-bf16-compiled, which compiles for tens of seconds first, only for inputs of 8 MB or more)")
     p.add_argument("--threads", type=int, help="CPU threads for inference (default: all cores)")
 
 
@@ -458,7 +462,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         chunks = iter_tables(args.file, args.chunk_rows)
         read_texts(next(iter_tables(args.file, 1)), args.text_column, empty="keep")  # fail before loading the model
 
-    clf = TextClassifier.load(args.model_dir, backend=args.backend, threads=args.threads)
+    input_bytes = 0 if args.file == "-" else os.path.getsize(args.file)
+    clf = TextClassifier.load(args.model_dir, backend=args.backend, threads=args.threads, input_bytes=input_bytes)
     to_file = args.output not in (None, "-")
     flat = to_file and output_format(args.output) in ("csv", "tsv")
     empty, started = 0, time.perf_counter()

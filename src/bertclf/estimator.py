@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import artifact, backends
-from .batching import Encoded, encode
+from .batching import Encoded, default_batch_tokens, encode
 from .checkpoints import Checkpointing
 from .data import check_classes, check_known_labels, content_sha256, infer_task, label_counts
 from .errors import BertclfError
@@ -34,7 +34,8 @@ class TextClassifier:
     max_length: int = 256  # tokens per text, special tokens included; longer texts are truncated (and counted)
     epochs: int = 3
     batch_size: int = 32
-    batch_tokens: int | None = None  # cap on a training batch's padded tokens (bounds memory); None = no cap
+    batch_tokens: int | None = None  # cap on a training batch's padded tokens (bounds memory); None: 1.5x an
+    # average batch's (batch_size x mean text length, see batching.default_batch_tokens); 0 = no cap
     lr: float | None = None  # peak AdamW rate; None: 1e-4 for small encoders (hidden ≤ 512), else 3e-5
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
@@ -127,6 +128,11 @@ class TextClassifier:
             self._say(f"truncated to {self.max_length} tokens: {self.truncated_['train']} train and "
                       f"{self.truncated_['dev']} dev texts (raise --max-length to keep more)")
 
+        if self.batch_tokens is None:
+            self.batch_tokens_ = default_batch_tokens(train_encoded.lengths, self.batch_size)
+        else:
+            self.batch_tokens_ = self.batch_tokens or None
+
         from .train import train
 
         attention = training_attention(device_type(), train_encoded.lengths)
@@ -142,6 +148,7 @@ class TextClassifier:
             pad_id=tokenizer.pad_token_id,
             params=self,
             lr=self.lr_,
+            batch_tokens=self.batch_tokens_,
             checkpointing=checkpointing,
             class_weights=self._class_weights(train_labels),
             on_epoch=on_epoch,
@@ -160,6 +167,7 @@ class TextClassifier:
         self.history_, self.best_epoch_ = result.history, result.best_epoch
         self.training_ = {
             "lr": self.lr_,
+            "batch_tokens": self.batch_tokens_,
             "seconds": round(result.train_seconds, 2),
             "samples_per_s": result.samples_per_s,
             "stopped_early": result.stopped_early,
@@ -243,11 +251,13 @@ class TextClassifier:
         return os.path.abspath(path)
 
     @classmethod
-    def load(cls, path: str, backend: str = "torch", threads: int | None = None) -> TextClassifier:
+    def load(cls, path: str, backend: str = "torch", threads: int | None = None, input_bytes: int = 0) -> TextClassifier:
         """Rebuild a fitted classifier from a directory written by :meth:`save`.
 
-        ``backend``: torch, torch-bf16, onnx, onnx-int8 (after ``bertclf export``) or auto, the fastest one
-        whose accuracy export checked. ``threads``: CPU threads for inference (default: all cores).
+        ``backend``: torch, torch-bf16, torch-bf16-compiled, onnx, onnx-int8 (after ``bertclf export``) or auto,
+        the fastest one whose accuracy export checked. ``threads``: CPU threads for inference (default: all
+        cores). ``input_bytes``: how much text will be scored, so that auto picks the compiled backend only
+        where its compile pays for itself.
         """
         record = artifact.read_record(path)
         tokenizer, model = load_classifier(path)
@@ -261,7 +271,7 @@ class TextClassifier:
         clf.precision_, clf.data_, clf.truncated_ = record["precision"], record["data"], record["truncated"]
         clf.history_, clf.best_epoch_ = record["history"], record["best_epoch"]
         clf.training_, clf.metrics_ = record["training"], record["metrics"]
-        clf.backend_ = backends.choose(record, backend)
+        clf.backend_ = backends.choose(record, backend, input_bytes=input_bytes)
         clf._backend_logits = backends.make(clf.backend_, path, clf.model_, tokenizer.pad_token_id, threads)
         return clf
 
@@ -319,7 +329,7 @@ class TextClassifier:
     def _check_params(self) -> None:
         rules = {
             "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1,
-            "batch_tokens": self.batch_tokens is None or self.batch_tokens >= self.max_length, "lr": self.lr is None or self.lr > 0,
+            "batch_tokens": self.batch_tokens is None or self.batch_tokens == 0 or self.batch_tokens >= self.max_length, "lr": self.lr is None or self.lr > 0,
             "grad_accum": self.grad_accum >= 1, "max_length": self.max_length >= 8,
             "val_fraction": 0 <= self.val_fraction < 1, "warmup_ratio": 0 <= self.warmup_ratio < 1,
             "weight_decay": self.weight_decay >= 0, "patience": self.patience >= 0,

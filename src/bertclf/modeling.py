@@ -35,8 +35,9 @@ class MemoryReleaser:
         except (OSError, AttributeError):
             self.trim = None
 
-    def __call__(self) -> None:
-        if self.trim is not None and time.monotonic() - self.last >= self.every_s:
+    def __call__(self, now: bool = False) -> None:
+        """``now``: trim whatever the time since the last trim (after a phase that freed much, e.g. a dev pass)."""
+        if self.trim is not None and (now or time.monotonic() - self.last >= self.every_s):
             self.last = time.monotonic()
             self.trim(0)
 

@@ -39,14 +39,21 @@ def batched_logits(
     return out if out is not None else np.empty((0, 0), dtype=np.float32)
 
 
-def predict_logits(model: torch.nn.Module, encoded: Encoded, pad_id: int, progress: bool = False) -> np.ndarray:
-    """Logits of a torch model for every row, in input order (the model is left in the mode it was in)."""
+def predict_logits(model: torch.nn.Module, encoded: Encoded, pad_id: int, progress: bool = False,
+                   min_rows: int = 1) -> np.ndarray:
+    """Logits of a torch model for every row, in input order (the model is left in the mode it was in).
+
+    ``min_rows``: smaller batches are padded with copies of their rows (a compiled model specialises on a batch
+    of one and would compile again for it)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
 
     def forward(batch: dict[str, torch.Tensor]) -> np.ndarray:
-        return model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
+        rows = len(batch["input_ids"])
+        copies = -(-min_rows // rows)
+        inputs = {k: (v.repeat(copies, 1) if copies > 1 else v).to(device) for k, v in batch.items()}
+        return model(**inputs).logits[:rows].float().cpu().numpy()
 
     with torch.inference_mode():
         out = batched_logits(encoded, pad_id, forward, progress)

@@ -82,12 +82,14 @@ def train(
     pad_id: int,
     params,
     lr: float,
+    batch_tokens: int | None = None,
     checkpointing: Checkpointing | None = None,
     fingerprint: dict | None = None,
     class_weights: torch.Tensor | None = None,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
-    """Fine-tune ``model`` with the hyperparameters of ``params`` (a :class:`TextClassifier`) at peak ``lr``.
+    """Fine-tune ``model`` with the hyperparameters of ``params`` (a :class:`TextClassifier`) at peak ``lr``,
+    with training batches of at most ``batch_tokens`` padded tokens (None: no cap).
 
     With ``checkpointing``, the loop saves its whole state at epoch ends (and every N steps) and can
     resume from it; ``fingerprint`` (settings and data hashes) guards against resuming a different run.
@@ -120,7 +122,7 @@ def train(
     # 1 or N processes make the same optimizer steps on the same texts.
     sampler = LengthGroupedBatches(train_encoded.lengths, params.batch_size, params.seed,
                                    num_replicas=accelerator.num_processes, rank=accelerator.process_index,
-                                   max_tokens=params.batch_tokens)
+                                   max_tokens=batch_tokens)
     loader = DataLoader(
         range(len(train_encoded.input_ids)),
         batch_sampler=sampler,
@@ -151,16 +153,16 @@ def train(
         "best_score": -math.inf, "stale_epochs": 0, "epoch_seen": 0, "epoch_loss_sum": 0.0, "epoch_seconds": 0.0,
         "fingerprint": fingerprint or {},
     }
-    best_state = None
+    best = checkpoints.BestWeights()
     if checkpointing and checkpointing.resume_from:
         path = checkpoints.latest(checkpointing.resume_from)
-        progress, best_state = checkpoints.load(accelerator, path, fingerprint or {})
+        progress = checkpoints.load(accelerator, path, fingerprint or {}, best)
         if show:
             print(f"resuming from {path} (epoch {progress['epoch']}, batch {progress['batches_done']})", file=sys.stderr)
 
     def checkpoint() -> None:
         if checkpointing:
-            checkpoints.save(accelerator, checkpointing.directory, progress, best_state, checkpointing.keep)
+            checkpoints.save(accelerator, checkpointing.directory, progress, best, checkpointing.keep)
 
     for epoch in range(progress["epoch"], params.epochs + 1):
         if progress["finished"]:
@@ -211,11 +213,12 @@ def train(
                "samples_per_s": round(seen / max(seconds, 1e-9), 2)}
         if dev_encoded is not None:
             logits = _dev_logits(accelerator, accelerator.unwrap_model(model), dev_encoded, pad_id)
+            release_memory(now=True)  # the dev pass's freed batches would otherwise stay resident into the next epoch
             row["dev"] = headline(compute(dev_targets, decide(logits, multilabel), classes, multilabel))
             score = row["dev"][params.metric]
             if score > progress["best_score"]:
                 progress.update(best_score=score, stale_epochs=0, best_epoch=epoch)
-                best_state = checkpoints.clone_state(accelerator.unwrap_model(model))
+                best.save(accelerator.unwrap_model(model))
             else:
                 progress["stale_epochs"] += 1
         progress["history"].append(row)
@@ -234,11 +237,12 @@ def train(
     result = TrainResult(model=model, precision=precision, history=history)
     result.stopped_early = len(history) < params.epochs
     plain = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-    if best_state is not None:
-        plain.load_state_dict(best_state)
+    if best.saved:
+        best.load_into(plain)
         result.best_epoch = progress["best_epoch"]
     else:
         result.best_epoch = len(history)  # no dev set: the last epoch is the model
+    best.close()
     result.model = plain.eval()
     result.train_seconds = sum(r["seconds"] for r in history)
     total = sum(r["samples_per_s"] * r["seconds"] for r in history)
