@@ -3,7 +3,7 @@
 Each run is the real command line, `python -m bertclf train TRAIN [--dev DEV] --test TEST --seed S ...`, in its
 own process: the best epoch is picked on the dev file, or on bertclf's seeded stratified split of train where a
 dataset has none (never on test); the test file is scored once, by the selected model. A variant adds flags
-(class weighting for emotion, --no-tune-thresholds for GoEmotions); a dataset may train on a seeded sample of
+(class weighting for emotion, chunk-and-pool long texts for IMDB); a dataset may train on a seeded sample of
 its train file to fit the CPU budget, and the table says so.
 
     python bench/accuracy.py                                   # every dataset, seeds 42,43,44
@@ -39,7 +39,8 @@ SUITE: dict[str, dict] = {
     "goemotions": {"metrics": ["macro_f1"], "report": ["test"], "anchor": "BERT-base 46 (paper), 50.3 (reproduction)",
                    "target": {"macro_f1": 0.50}, "quick_sample": 1000},  # 1,000 rows hold all 28 labels
     "imdb": {"metrics": ["accuracy"], "report": ["test"], "anchor": "DistilBERT 92.8; truncated-to-128 88.0",
-             "target": {"accuracy": 0.92}, "train_sample": 4000, "flags": ["--max-length", "512"]},
+             "target": {"accuracy": 0.92}, "train_sample": 4000, "flags": ["--max-length", "512"],
+             "variants": {"": [], "chunks": ["--long-texts", "chunks"]}},  # truncated at 512 vs windows of 512, pooled
 }
 
 

@@ -119,3 +119,28 @@ def test_encode_cache_reads_back_the_same_ids(default_model_dir, tmp_path, monke
     monkeypatch.setenv("BERTCLF_CACHE", "off")
     encode(tokenizer, ["something new"], 64, cache=True)
     assert len(list((tmp_path / "encoded").iterdir())) == 3
+
+
+def test_long_texts_split_into_overlapping_windows_and_pool_back(default_model_dir, tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    monkeypatch.setenv("BERTCLF_CACHE", str(tmp_path))
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    words = " ".join(f"w{i}" for i in range(60))  # about 150 word pieces
+    texts = ["short one", words, "another short"]
+    enc = encode(tokenizer, texts, 32, cache=True, overlap=8)
+    assert enc.text_of[0] == 0 and enc.text_of[-1] == 2 and (enc.text_of == 1).sum() >= 5 and enc.truncated == 1
+    assert all(len(ids) <= 32 and ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+               for ids in enc.input_ids)
+    first, second = [ids for ids, t in zip(enc.input_ids, enc.text_of) if t == 1][:2]
+    assert first[-9:-1] == second[1:9]  # consecutive windows share 8 tokens
+    whole = tokenizer(words, add_special_tokens=False)["input_ids"]
+    inner = [ids[1:-1] for ids, t in zip(enc.input_ids, enc.text_of) if t == 1]
+    assert inner[0] + [tok for w in inner[1:] for tok in w[8:]] == whole  # nothing lost between windows
+    again = encode(tokenizer, texts, 32, cache=True, overlap=8)  # read back from the cache, mapping included
+    assert again.input_ids == enc.input_ids and (again.text_of == enc.text_of).all() and again.truncated == 1
+    assert encode(tokenizer, texts, 32, cache=True).text_of is None  # truncation is its own cache entry
+    logits = np.arange(2 * len(enc.input_ids), dtype=np.float32).reshape(-1, 2)
+    pooled = enc.pool(logits)
+    assert pooled.shape == (3, 2) and np.allclose(pooled[1], logits[enc.text_of == 1].mean(axis=0))
+    assert np.allclose(pooled[[0, 2]], logits[[0, -1]])

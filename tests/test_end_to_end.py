@@ -200,6 +200,29 @@ def test_balanced_class_weights_follow_inverse_frequency(tiny_model_dir):
     assert TextClassifier(model=tiny_model_dir, **FAST).set_params(class_weight="none")._class_weights(labels) is None
 
 
+def test_chunked_long_texts_train_on_windows_and_score_each_text_once(tiny_model_dir, tmp_path):
+    from bertclf.predict import predict_logits, probabilities
+
+    train, test = subset("imdb", "train", 40, seed=1), subset("imdb", "test", 12, seed=1)
+    train.to_csv(tmp_path / "train.csv", index=False)
+    test.to_csv(tmp_path / "test.csv", index=False)
+    out = tmp_path / "model"
+    assert main(["train", str(tmp_path / "train.csv"), "-o", str(out), "--model", tiny_model_dir, "--epochs", "1",
+                 "--max-length", "64", "--long-texts", "chunks", "--val-fraction", "0.25", "--quiet"]) == 0
+    clf = TextClassifier.load(str(out))
+    assert clf.long_texts == "chunks" and clf.truncated_["train"] > 20  # IMDB reviews run far past 64 tokens
+    texts = test.text.tolist()
+    encoded = clf._encode(texts)
+    assert len(encoded.input_ids) > 2 * len(texts)
+    windows = predict_logits(clf.model_, encoded, clf.tokenizer_.pad_token_id)
+    probs = clf.predict_proba(texts)
+    assert probs.shape == (12, 2) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    expected = np.stack([windows[encoded.text_of == i].mean(axis=0) for i in range(12)])
+    assert np.allclose(probs, probabilities(expected, False), atol=1e-5)
+    assert main(["predict", str(out), str(tmp_path / "test.csv"), "-o", str(tmp_path / "p.csv")]) == 0
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 12
+
+
 def test_token_budget_training_is_recorded_and_checked(tiny_model_dir, tmp_path):
     train = subset("sst2_sentences", "train", 64, seed=2)
     texts, labels = train.text.tolist(), train.label.tolist()

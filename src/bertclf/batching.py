@@ -21,45 +21,67 @@ from torch.utils.data import Sampler
 
 @dataclass
 class Encoded:
-    """Token ids per text (with the tokenizer's own special tokens) and how many were cut short."""
+    """Token ids per row (with the tokenizer's own special tokens) and how many texts exceeded the length limit.
+
+    ``text_of``: where long texts were split into overlapping windows (:func:`encode` with ``overlap``), the
+    position of each row's text; None when each row is one whole (or truncated) text.
+    """
 
     input_ids: list[list[int]]
     truncated: int
+    text_of: np.ndarray | None = None
 
     @property
     def lengths(self) -> list[int]:
         return [len(ids) for ids in self.input_ids]
 
+    def pool(self, logits: np.ndarray) -> np.ndarray:
+        """Per-text logits from per-row ones: the mean over each text's windows (as given without windows)."""
+        if self.text_of is None:
+            return logits
+        texts = int(self.text_of.max()) + 1 if len(self.text_of) else 0
+        sums = np.zeros((texts, logits.shape[1]), dtype=np.float64)
+        np.add.at(sums, self.text_of, logits)
+        return (sums / np.bincount(self.text_of, minlength=texts)[:, None]).astype(np.float32)
 
-def encode(tokenizer, texts: Sequence[str], max_length: int, cache: bool = False) -> Encoded:
+
+def encode(tokenizer, texts: Sequence[str], max_length: int, cache: bool = False, overlap: int | None = None) -> Encoded:
     """Tokenise every text once; padding happens per batch in :func:`collate`.
 
+    A text longer than ``max_length`` tokens is truncated, or with ``overlap`` split into windows of
+    ``max_length`` tokens (each with the special tokens) that share ``overlap`` tokens with the previous one.
     ``cache``: keep the ids on disk under the texts' and tokenizer's fingerprint (see :func:`cache_dir`), so a
     rerun on the same data, and every trial of a tuning study, reads them back instead of tokenising again.
     """
-    path = _cache_path(tokenizer, texts, max_length) if cache else None
+    path = _cache_path(tokenizer, texts, max_length, overlap) if cache else None
     if path and os.path.isfile(path):
         try:
             with np.load(path) as stored:
                 flat, offsets, truncated = stored["ids"].tolist(), stored["offsets"].tolist(), int(stored["truncated"])
-            return Encoded([flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])], truncated)
+                text_of = stored["text_of"] if overlap is not None else None
+            return Encoded([flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])], truncated, text_of)
         except (OSError, ValueError, KeyError):  # unreadable: tokenise again and replace it
             pass
+    windows = {"stride": overlap, "return_overflowing_tokens": True} if overlap is not None else {}
     enc = tokenizer(
         list(texts),
         truncation=True,
         max_length=max_length,
         return_attention_mask=False,
         return_token_type_ids=False,
+        **windows,
     )
     ids = enc["input_ids"]
-    if enc.encodings is not None:  # fast tokenizers keep what truncation cut off
+    text_of = np.asarray(enc["overflow_to_sample_mapping"], dtype=np.int64) if overlap is not None else None
+    if text_of is not None:
+        truncated = int((np.bincount(text_of, minlength=len(texts)) > 1).sum())
+    elif enc.encodings is not None:  # fast tokenizers keep what truncation cut off
         truncated = sum(1 for e in enc.encodings if e.overflowing)
     else:
         truncated = sum(1 for row in ids if len(row) >= max_length)
     if path:
-        _store(path, ids, truncated)
-    return Encoded(ids, truncated)
+        _store(path, ids, truncated, text_of)
+    return Encoded(ids, truncated, text_of)
 
 
 def cache_dir() -> str | None:
@@ -70,20 +92,20 @@ def cache_dir() -> str | None:
     return value or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bertclf")
 
 
-def _cache_path(tokenizer, texts: Sequence[str], max_length: int) -> str | None:
+def _cache_path(tokenizer, texts: Sequence[str], max_length: int, overlap: int | None) -> str | None:
     folder, backend = cache_dir(), getattr(tokenizer, "backend_tokenizer", None)
     if folder is None or backend is None:  # slow tokenizers have no serialisable definition to key on
         return None
     # Its truncation and padding settings change with each call's arguments (max_length is keyed below).
     definition = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
     key = hashlib.sha256(json.dumps(definition, sort_keys=True).encode())
-    key.update(f"{type(tokenizer).__name__}|{tokenizer.truncation_side}|{max_length}|{len(texts)}".encode())
+    key.update(f"{type(tokenizer).__name__}|{tokenizer.truncation_side}|{max_length}|{overlap}|{len(texts)}".encode())
     for text in texts:
         key.update(text.encode("utf-8", "surrogatepass") + b"\0")
     return os.path.join(folder, "encoded", key.hexdigest() + ".npz")
 
 
-def _store(path: str, ids: list[list[int]], truncated: int) -> None:
+def _store(path: str, ids: list[list[int]], truncated: int, text_of: np.ndarray | None) -> None:
     offsets = np.cumsum([0] + [len(row) for row in ids])
     flat = np.fromiter((t for row in ids for t in row), dtype=np.int32, count=int(offsets[-1]))
     tmp = None
@@ -91,7 +113,8 @@ def _store(path: str, ids: list[list[int]], truncated: int) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
         with os.fdopen(fd, "wb") as out:
-            np.savez(out, ids=flat, offsets=offsets, truncated=truncated)
+            np.savez(out, ids=flat, offsets=offsets, truncated=truncated,
+                     **({"text_of": text_of} if text_of is not None else {}))
         os.replace(tmp, path)
     except OSError:  # a cache that cannot be written is no reason to stop; the ids are in memory
         if tmp and os.path.exists(tmp):

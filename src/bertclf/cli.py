@@ -90,6 +90,10 @@ def _train_parser(sub) -> None:
                    help=f"dev metric that picks the best epoch (default: {defaults['metric']})")
     p.add_argument("--class-weight", choices=("none", "balanced"),
                    help="balanced: weight the loss by inverse class frequency, for imbalanced data (default: none)")
+    p.add_argument("--long-texts", choices=("truncate", "chunks"),
+                   help="texts longer than --max-length: truncate, or chunks: split into windows overlapping by a "
+                        "quarter of --max-length, each trained on with its text's label; a text's score is the mean "
+                        "of its windows' logits (dev, test, predict, serve) (default: truncate)")
     p.add_argument("--tune-thresholds", action=argparse.BooleanOptionalAction, default=None,
                    help="multi-label: per-label decision thresholds that maximise dev F1, stored in the model "
                         "(default: on; --no-tune-thresholds keeps 0.5)")

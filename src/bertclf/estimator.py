@@ -46,6 +46,7 @@ class TextClassifier:
     metric: str = "macro_f1"  # dev metric that picks the best epoch
     val_fraction: float = 0.2  # seeded stratified dev split when no eval_set is given; 0 = no dev set
     class_weight: str = "none"  # none | balanced: weight the loss by inverse class (label) frequency
+    long_texts: str = "truncate"  # truncate | chunks: split longer texts into overlapping windows, mean of their logits
     tune_thresholds: bool = True  # multi-label with a dev set: per-label thresholds that maximise dev F1 (else 0.5)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     compile: bool = False  # torch.compile the model: faster steps after a one-off compile of about a minute
@@ -121,12 +122,17 @@ class TextClassifier:
                   f"task {self.task_}, {len(self.classes_)} classes, lr {self.lr_:g}, {len(train_texts)} train / "
                   f"{len(dev_texts) if dev_texts else 0} dev texts")
 
-        train_encoded = encode(tokenizer, train_texts, self.max_length, cache=True)
-        dev_encoded = encode(tokenizer, dev_texts, self.max_length, cache=True) if dev_texts else None
+        train_encoded = self._encode_with(tokenizer, train_texts, cache=True)
+        dev_encoded = self._encode_with(tokenizer, dev_texts, cache=True) if dev_texts else None
         self.truncated_ = {"train": train_encoded.truncated, "dev": dev_encoded.truncated if dev_encoded else 0}
         if any(self.truncated_.values()):
-            self._say(f"truncated to {self.max_length} tokens: {self.truncated_['train']} train and "
-                      f"{self.truncated_['dev']} dev texts (raise --max-length to keep more)")
+            how = ("split into windows of" if self.long_texts == "chunks" else "truncated to")
+            hint = "" if self.long_texts == "chunks" else " (raise --max-length, or --long-texts chunks, to keep more)"
+            self._say(f"{how} {self.max_length} tokens: {self.truncated_['train']} train and "
+                      f"{self.truncated_['dev']} dev texts{hint}")
+        train_targets = self._targets(train_labels)
+        if train_encoded.text_of is not None:  # every window learns its text's label
+            train_targets = train_targets[torch.from_numpy(train_encoded.text_of)]
 
         if self.batch_tokens is None:
             self.batch_tokens_ = default_batch_tokens(train_encoded.lengths, self.batch_size)
@@ -140,7 +146,7 @@ class TextClassifier:
         result = train(
             model,
             train_encoded,
-            self._targets(train_labels),
+            train_targets,
             dev_encoded,
             self._targets(dev_labels).numpy() if dev_labels is not None else None,
             classes=self.classes_,
@@ -284,18 +290,23 @@ class TextClassifier:
         self._check_fitted()
         texts = [t if isinstance(t, str) else _not_a_string(t) for t in texts]
         try:
-            return encode(self.tokenizer_, texts, self.max_length)
+            return self._encode_with(self.tokenizer_, texts)
         except TypeError:  # the Rust tokenizer's only complaint about a str: one that is not valid Unicode
             bad = [i for i, t in enumerate(texts) if not _encodable(t)]
             raise BertclfError(f"texts at positions {bad[:10]} are not valid Unicode (lone surrogates); clean them") from None
 
+    def _encode_with(self, tokenizer, texts: Sequence[str], cache: bool = False) -> Encoded:
+        overlap = self.max_length // 4 if self.long_texts == "chunks" else None
+        return encode(tokenizer, texts, self.max_length, cache=cache, overlap=overlap)
+
     def _forward(self, encoded: Encoded) -> np.ndarray:
-        """Logits in input order from the loaded backend (torch fp32 right after fit)."""
+        """Logits per text in input order from the loaded backend (torch fp32 right after fit); a text split
+        into windows gets the mean of its windows' logits."""
         run = getattr(self, "_backend_logits", None)
         if run is not None:
-            return run(encoded)
+            return encoded.pool(run(encoded))
         progress = self.verbose and len(encoded.input_ids) > 5000
-        return predict_logits(self.model_, encoded, self.tokenizer_.pad_token_id, progress=progress)
+        return encoded.pool(predict_logits(self.model_, encoded, self.tokenizer_.pad_token_id, progress=progress))
 
     def _targets(self, labels: Sequence) -> torch.Tensor:
         index = {name: i for i, name in enumerate(self.classes_)}
@@ -334,6 +345,7 @@ class TextClassifier:
             "val_fraction": 0 <= self.val_fraction < 1, "warmup_ratio": 0 <= self.warmup_ratio < 1,
             "weight_decay": self.weight_decay >= 0, "patience": self.patience >= 0,
             "class_weight": self.class_weight in ("none", "balanced"),
+            "long_texts": self.long_texts in ("truncate", "chunks"),
         }
         bad = [name for name, ok in rules.items() if not ok]
         if bad:

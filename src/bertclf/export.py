@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from . import artifact, backends
-from .batching import encode
 from .data import read_labeled
 from .errors import BertclfError
 from .estimator import TextClassifier, holdout_split
@@ -57,7 +56,7 @@ def _score(clf: TextClassifier, logits_fn, encoded, targets: np.ndarray, referen
     logits_fn(encoded)  # warm-up: first calls allocate and pick kernels (and compile, for the compiled backend)
     first_call_s = time.perf_counter() - start
     start = time.perf_counter()
-    decided = decide(logits_fn(encoded), multilabel, clf.thresholds_)
+    decided = decide(encoded.pool(logits_fn(encoded)), multilabel, clf.thresholds_)
     seconds = time.perf_counter() - start
     correct = (decided == targets).all(axis=1) if multilabel else decided == targets
     same = reference if reference is not None else decided
@@ -107,7 +106,7 @@ def export(model_dir: str, int8: bool = False, force: bool = False, dev_file: st
     texts, labels = dev_set(record, dev_file)
     clf = TextClassifier.load(model_dir)
     clf.verbose = False
-    encoded = encode(clf.tokenizer_, texts, clf.max_length)
+    encoded = clf._encode(texts)
     targets = clf._targets(labels).numpy()
     pad = clf.tokenizer_.pad_token_id
 

@@ -350,7 +350,7 @@ def create_app(model_dir: str, backend: str = "auto", threads: int | None = None
         else:
             encoded = await asyncio.to_thread(clf._encode, request.texts)
         try:
-            logits = await state["batcher"].submit(encoded)
+            logits = encoded.pool(await state["batcher"].submit(encoded))  # a text split into windows: their mean
         except QueueFull:
             raise HTTPException(503, "server busy: the queue is full; retry shortly", headers={"Retry-After": "1"}) from None
         finally:

@@ -52,11 +52,11 @@ def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.
 
 
 def _dev_logits(accelerator, model: torch.nn.Module, dev: Encoded, pad_id: int) -> np.ndarray:
-    """Each process scores its share of the dev set (rows rank::N); the shares are gathered, so every
-    process holds all logits and all agree on the best epoch."""
+    """Per-text dev logits (windows pooled). Each process scores its share of the rows (rank::N); the shares
+    are gathered, so every process holds all logits and all agree on the best epoch."""
     world, rank = accelerator.num_processes, accelerator.process_index
     if world == 1:
-        return predict_logits(model, dev, pad_id)
+        return dev.pool(predict_logits(model, dev, pad_id))
     from accelerate.utils import gather_object
 
     rows = list(range(rank, len(dev.input_ids), world))
@@ -67,7 +67,7 @@ def _dev_logits(accelerator, model: torch.nn.Module, dev: Encoded, pad_id: int) 
     for share_rows, logits in shares:
         if share_rows:
             out[share_rows] = logits
-    return out
+    return dev.pool(out)
 
 
 def train(
