@@ -4,7 +4,7 @@ Runs, each in its own process (so its peak RSS is its own):
   hf_default       Trainer as run_classification.py configures it by default: pad to max_length 128, fp32,
                    batch 8, random sampler
   hf_dynamic       the same with dynamic padding (DataCollatorWithPadding) and length grouping
-  bertclf          TextClassifier defaults (length-grouped batches of 32 cut at 1.5x an average batch's padded
+  bertclf          TextClassifier defaults (length-grouped batches of 32 cut at 1.25x an average batch's padded
                    tokens, precision auto, attention auto)
   bertclf_nocap    the same without the token cap (batch_tokens=0): batches of 32 rows whatever their length
   bertclf_compile  the defaults with compile=True (torch.compile, one-off compile time included)

@@ -233,7 +233,7 @@ def test_token_budget_training_is_recorded_and_checked(tiny_model_dir, tmp_path)
     assert clf.training_["batch_tokens"] == 256
     default = TextClassifier(model=tiny_model_dir, **{**FAST, "epochs": 1, "max_length": 64, "val_fraction": 0}).fit(texts, labels)
     lengths = [len(ids) for ids in default.tokenizer_(texts, truncation=True, max_length=64)["input_ids"]]
-    assert default.training_["batch_tokens"] == max(int(1.5 * default.batch_size * np.mean(lengths)), max(lengths))
+    assert default.training_["batch_tokens"] == max(int(1.25 * default.batch_size * np.mean(lengths)), max(lengths))
     uncapped = TextClassifier(model=tiny_model_dir, **{**FAST, "epochs": 1, "max_length": 64, "batch_tokens": 0}).fit(texts, labels)
     assert uncapped.training_["batch_tokens"] is None
     with pytest.raises(BertclfError, match="--batch-tokens 16 is out of range"):

@@ -41,13 +41,12 @@ def test_export_records_each_backend_and_auto_picks_an_accepted_one(model_dir, c
         assert rows[backends.COMPILED]["agreement"] >= 0.95 and rows[backends.COMPILED]["first_call_s"] > 0
 
 
-def test_auto_picks_the_compiled_backend_only_for_large_inputs():
+def test_auto_never_picks_the_compiled_backend_but_the_name_does():
     record = {"backends": {"torch": {"accepted": True, "texts_per_s": 100.0},
                            "onnx": {"accepted": True, "texts_per_s": 150.0},
                            backends.COMPILED: {"accepted": True, "texts_per_s": 300.0}}}
-    assert backends.choose(record, "auto", input_bytes=1000) == "onnx"
-    assert backends.choose(record, "auto", input_bytes=backends.COMPILE_MIN_BYTES) == backends.COMPILED
-    assert backends.choose(record, "auto", onnx_first=True, input_bytes=backends.COMPILE_MIN_BYTES) == "onnx"
+    assert backends.choose(record, "auto") == "onnx"
+    assert backends.choose(record, backends.COMPILED) == backends.COMPILED
 
 
 def test_the_cli_offers_every_backend():

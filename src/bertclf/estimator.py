@@ -34,7 +34,7 @@ class TextClassifier:
     max_length: int = 256  # tokens per text, special tokens included; longer texts are truncated (and counted)
     epochs: int = 3
     batch_size: int = 32
-    batch_tokens: int | None = None  # cap on a training batch's padded tokens (bounds memory); None: 1.5x an
+    batch_tokens: int | None = None  # cap on a training batch's padded tokens (bounds memory); None: 1.25x an
     # average batch's (batch_size x mean text length, see batching.default_batch_tokens); 0 = no cap
     lr: float | None = None  # peak AdamW rate; None: 1e-4 for small encoders (hidden ≤ 512), else 3e-5
     weight_decay: float = 0.01
@@ -257,13 +257,12 @@ class TextClassifier:
         return os.path.abspath(path)
 
     @classmethod
-    def load(cls, path: str, backend: str = "torch", threads: int | None = None, input_bytes: int = 0) -> TextClassifier:
+    def load(cls, path: str, backend: str = "torch", threads: int | None = None) -> TextClassifier:
         """Rebuild a fitted classifier from a directory written by :meth:`save`.
 
         ``backend``: torch, torch-bf16, torch-bf16-compiled, onnx, onnx-int8 (after ``bertclf export``) or auto,
-        the fastest one whose accuracy export checked. ``threads``: CPU threads for inference (default: all
-        cores). ``input_bytes``: how much text will be scored, so that auto picks the compiled backend only
-        where its compile pays for itself.
+        the fastest one whose accuracy export checked (never the compiled one). ``threads``: CPU threads for
+        inference (default: all cores).
         """
         record = artifact.read_record(path)
         tokenizer, model = load_classifier(path)
@@ -277,7 +276,7 @@ class TextClassifier:
         clf.precision_, clf.data_, clf.truncated_ = record["precision"], record["data"], record["truncated"]
         clf.history_, clf.best_epoch_ = record["history"], record["best_epoch"]
         clf.training_, clf.metrics_ = record["training"], record["metrics"]
-        clf.backend_ = backends.choose(record, backend, input_bytes=input_bytes)
+        clf.backend_ = backends.choose(record, backend)
         clf._backend_logits = backends.make(clf.backend_, path, clf.model_, tokenizer.pad_token_id, threads)
         return clf
 
