@@ -32,7 +32,7 @@ def choose(record: dict, requested: str, onnx_first: bool = False) -> str:
 
     Never the compiled backend: export times it after its compile, but on this project's 2-core benchmark it
     scored SST-2 sentences only 1.11x faster than eager bf16 (IMDB reviews 1.02x) after a 21 s compile, and a
-    whole 'bertclf predict' of 200,000 sentences ran slower with it (683 vs 709 texts/s) and peaked 80 MiB
+    whole 'bertclf predict' of 200,000 sentences ran slower with it (683 vs 709 texts/s) and peaked 81 MiB
     higher. It stays available by name.
 
     ``onnx_first`` (the server): the fastest accepted ONNX backend if there is one. ONNX Runtime releases the

@@ -42,8 +42,9 @@ class MemoryReleaser:
         """Give every allocation of ``threshold`` bytes or more its own mapping, unmapped when freed (for training).
 
         glibc raises its mmap threshold as blocks are freed, up to 32 MiB, after which a training step's activations
-        come from the heap and leave it fragmented. Fixed at 1 MiB, a 3-epoch SST-2 fit peaked at 1,365 MiB instead
-        of 1,411 at the same speed (85 samples/s); at 256 KiB it peaked at 1,294 MiB but ran 30% slower (page faults).
+        come from the heap and leave it fragmented. Fixed at 1 MiB, a 3-epoch SST-2 fit peaked at 1,365 MiB (85.0
+        samples/s) instead of 1,411 (75.8 samples/s, within this machine's noise); at 256 KiB it peaked at 1,294 MiB
+        but ran at 60.1 samples/s (page faults). The setting stays for the rest of the process.
         """
         if self.mallopt is not None:
             self.mallopt(self.M_MMAP_THRESHOLD, threshold)
