@@ -135,9 +135,9 @@ class TextClassifier:
             train_targets = train_targets[torch.from_numpy(train_encoded.text_of)]
 
         if self.batch_tokens is None:
-            self.batch_tokens_ = default_batch_tokens(train_encoded.lengths, self.batch_size)
+            batch_tokens = default_batch_tokens(train_encoded.lengths, self.batch_size)
         else:
-            self.batch_tokens_ = self.batch_tokens or None
+            batch_tokens = self.batch_tokens or None  # 0: no cap
 
         from .train import train
 
@@ -154,7 +154,7 @@ class TextClassifier:
             pad_id=tokenizer.pad_token_id,
             params=self,
             lr=self.lr_,
-            batch_tokens=self.batch_tokens_,
+            batch_tokens=batch_tokens,
             checkpointing=checkpointing,
             class_weights=self._class_weights(train_labels),
             on_epoch=on_epoch,
@@ -173,7 +173,7 @@ class TextClassifier:
         self.history_, self.best_epoch_ = result.history, result.best_epoch
         self.training_ = {
             "lr": self.lr_,
-            "batch_tokens": self.batch_tokens_,
+            "batch_tokens": batch_tokens,
             "seconds": round(result.train_seconds, 2),
             "samples_per_s": result.samples_per_s,
             "stopped_early": result.stopped_early,
