@@ -124,8 +124,9 @@ def markdown(rows: list[dict]) -> str:
     lines = ["# Accuracy on real datasets", "",
              "`bertclf train` with its defaults unless the variant says otherwise, MiniLM-L6 (all-MiniLM-L6-v2), this "
              f"machine's {os.cpu_count()} CPU cores. Best epoch picked on dev (or on the seeded 20% split of train where a "
-             "dataset has no dev file); test scored once. Mean ± std over the seeds listed; wall time and samples/s are per "
-             "run (mean), peak RSS the largest of the runs.", "",
+             "dataset has no dev file); test scored once. Without `--epochs`, bertclf derives them from the training set's "
+             "size (enough for 2,000 optimizer steps, 3 to 10; patience 2): the epochs column shows what each run used. "
+             "Mean ± std over the seeds listed; wall time and samples/s are per run (mean), peak RSS the largest of the runs.", "",
              "| dataset | variant | split (rows) | metric | ours mean ± std | seeds | target | published | train rows | epochs (best) | wall s | samples/s | peak RSS MiB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -135,6 +136,8 @@ def markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['dataset']} | {r['variant']} | {r['split']} ({r['rows']}) | {r['metric']} | {r['mean']:.4f} ± {r['std']:.4f} | "
                      f"{','.join(map(str, r['seeds']))} | {target} | {r['reference']} | {sample} | {epochs} | {r['wall_s']} | "
                      f"{r['samples_per_s']} | {r['peak_rss_mb'] or 'n/a'} |")
+    notes = sorted({f"- {r['dataset']}: {r['note']}" for r in rows if r.get("note")})  # kept until the rows are rerun
+    lines += ["", "Notes:", "", *notes] if notes else []
     lines += ["", "Commands (one run per seed S; `python bench/accuracy.py --datasets NAME --seeds ...` reruns a dataset's rows):", ""]
     lines += sorted({f"- {r['dataset']}: `{r['command']}`" for r in rows})
     return "\n".join(lines) + "\n"

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from bertclf import BertclfError, TextClassifier
+from bertclf.estimator import default_epochs
 from bertclf.cli import main
 
 from .conftest import FAST, subset
@@ -238,3 +239,15 @@ def test_token_budget_training_is_recorded_and_checked(tiny_model_dir, tmp_path)
     assert uncapped.training_["batch_tokens"] is None
     with pytest.raises(BertclfError, match="--batch-tokens 16 is out of range"):
         TextClassifier(model=tiny_model_dir, **{**FAST, "max_length": 64, "batch_tokens": 16}).fit(texts, labels)
+
+
+def test_default_epochs_follow_the_data_size(tiny_model_dir):
+    assert default_epochs(67_349, 32) == 3  # GLUE SST-2: 2,105 steps an epoch already
+    assert default_epochs(8_002, 32) == 8  # Banking77 after the 20% dev split: 251 steps an epoch
+    assert default_epochs(8_002, 16) == 4 and default_epochs(100, 32) == 10
+    train = subset("sst2_sentences", "train", 40, seed=3)
+    params = {**FAST, "epochs": None, "batch_size": 16, "val_fraction": 0, "patience": 0}
+    clf = TextClassifier(model=tiny_model_dir, **params).fit(train.text.tolist(), train.label.tolist())
+    assert clf.training_["epochs"] == 10 and len(clf.history_) == 10  # 3 steps an epoch: the cap
+    explicit = TextClassifier(model=tiny_model_dir, **{**params, "epochs": 2}).fit(train.text.tolist(), train.label.tolist())
+    assert explicit.training_["epochs"] == 2 and len(explicit.history_) == 2

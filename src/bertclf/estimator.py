@@ -7,6 +7,7 @@ ends in an underscore. The CLI is a thin layer over this class.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -32,7 +33,7 @@ class TextClassifier:
     model: str | None = None  # HF id or local dir; None = the packaged all-MiniLM-L6-v2
     task: str = "auto"  # auto | binary | multiclass | multilabel
     max_length: int = 256  # tokens per text, special tokens included; longer texts are truncated (and counted)
-    epochs: int = 3
+    epochs: int | None = None  # None: from the training set's size (see default_epochs): 3 for large data, more for small
     batch_size: int = 32
     batch_tokens: int | None = None  # cap on a training batch's padded tokens (bounds memory); None: 1.25x an
     # average batch's (batch_size x mean text length, see batching.default_batch_tokens); 0 = no cap
@@ -138,6 +139,9 @@ class TextClassifier:
             batch_tokens = default_batch_tokens(train_encoded.lengths, self.batch_size)
         else:
             batch_tokens = self.batch_tokens or None  # 0: no cap
+        epochs = self.epochs or default_epochs(len(train_encoded.input_ids), self.batch_size * self.grad_accum)
+        if not self.epochs:
+            self._say(f"{epochs} epochs for {len(train_encoded.input_ids)} training examples (--epochs sets them)")
 
         from .train import train
 
@@ -154,6 +158,7 @@ class TextClassifier:
             pad_id=tokenizer.pad_token_id,
             params=self,
             lr=self.lr_,
+            epochs=epochs,
             batch_tokens=batch_tokens,
             checkpointing=checkpointing,
             class_weights=self._class_weights(train_labels),
@@ -173,6 +178,7 @@ class TextClassifier:
         self.history_, self.best_epoch_ = result.history, result.best_epoch
         self.training_ = {
             "lr": self.lr_,
+            "epochs": epochs,
             "batch_tokens": batch_tokens,
             "seconds": round(result.train_seconds, 2),
             "samples_per_s": result.samples_per_s,
@@ -338,7 +344,7 @@ class TextClassifier:
 
     def _check_params(self) -> None:
         rules = {
-            "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1,
+            "epochs": self.epochs is None or self.epochs >= 1, "batch_size": self.batch_size >= 1,
             "batch_tokens": self.batch_tokens is None or self.batch_tokens == 0 or self.batch_tokens >= self.max_length, "lr": self.lr is None or self.lr > 0,
             "grad_accum": self.grad_accum >= 1, "max_length": self.max_length >= 8,
             "val_fraction": 0 <= self.val_fraction < 1, "warmup_ratio": 0 <= self.warmup_ratio < 1,
@@ -366,6 +372,21 @@ def _encodable(text: str) -> bool:
 
 def _not_a_string(value) -> str:
     raise BertclfError(f"texts must be strings, got {type(value).__name__} ({value!r:.40})")
+
+
+MIN_STEPS = 2000  # optimizer steps that default_epochs aims for: 8 epochs of Banking77 (251 steps each)
+
+
+def default_epochs(examples: int, batch: int) -> int:
+    """Epochs when none are given: enough passes for ``MIN_STEPS`` optimizer steps of ``batch`` examples,
+    at least 3 and at most 10 (patience stops a run that no longer improves on dev).
+
+    Three epochs, the usual recipe, undertrain small data: on Banking77 (8,002 training texts, 77 intents, seed
+    42) dev accuracy was 0.849 after a 3-epoch run and 0.918 after an 8-epoch one (test 0.827 against 0.919);
+    GLUE SST-2 (67,349 texts, 2,105 steps an epoch) keeps 3 epochs.
+    """
+    steps_per_epoch = max(1, math.ceil(examples / batch))
+    return min(10, max(3, math.ceil(MIN_STEPS / steps_per_epoch)))
 
 
 def default_lr(config) -> float:

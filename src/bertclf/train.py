@@ -82,14 +82,15 @@ def train(
     pad_id: int,
     params,
     lr: float,
+    epochs: int,
     batch_tokens: int | None = None,
     checkpointing: Checkpointing | None = None,
     fingerprint: dict | None = None,
     class_weights: torch.Tensor | None = None,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
-    """Fine-tune ``model`` with the hyperparameters of ``params`` (a :class:`TextClassifier`) at peak ``lr``,
-    with training batches of at most ``batch_tokens`` padded tokens (None: no cap).
+    """Fine-tune ``model`` for ``epochs`` with the hyperparameters of ``params`` (a :class:`TextClassifier`) at
+    peak ``lr``, with training batches of at most ``batch_tokens`` padded tokens (None: no cap).
 
     With ``checkpointing``, the loop saves its whole state at epoch ends (and every N steps) and can
     resume from it; ``fingerprint`` (settings and data hashes) guards against resuming a different run.
@@ -137,7 +138,7 @@ def train(
     # The sampler already shards; accelerate's loader wrapper only moves batches to the device and tells
     # gradient accumulation where an epoch ends, so it is told this loader is one process's whole share.
     loader = prepare_data_loader(loader, accelerator.device, num_processes=1, process_index=0, put_on_device=True)
-    total_steps = sum(math.ceil(sampler.num_batches(e) / params.grad_accum) for e in range(1, params.epochs + 1))
+    total_steps = sum(math.ceil(sampler.num_batches(e) / params.grad_accum) for e in range(1, epochs + 1))
     # Not prepared: accelerate would step it once per process. Stepped on each optimizer step below and
     # registered so that checkpoints carry it.
     scheduler = get_linear_schedule_with_warmup(optimizer, int(params.warmup_ratio * total_steps), total_steps)
@@ -165,7 +166,7 @@ def train(
         if checkpointing:
             checkpoints.save(accelerator, checkpointing.directory, progress, best, checkpointing.keep)
 
-    for epoch in range(progress["epoch"], params.epochs + 1):
+    for epoch in range(progress["epoch"], epochs + 1):
         if progress["finished"]:
             break
         model.train()
@@ -175,7 +176,7 @@ def train(
         # to skip into a resumed epoch starts that counter at 0, so set it, or the batch order would differ.
         batches.set_epoch(epoch)
         sampler.set_epoch(epoch)
-        bar = tqdm(batches, desc=f"epoch {epoch}/{params.epochs}", initial=done, total=len(loader),
+        bar = tqdm(batches, desc=f"epoch {epoch}/{epochs}", initial=done, total=len(loader),
                    disable=not show, file=sys.stderr, leave=False)
         started = time.perf_counter()
         for batch in bar:
@@ -227,16 +228,16 @@ def train(
             on_epoch(row)
         if show:
             dev = "  ".join(f"{k} {v:.4f}" for k, v in row.get("dev", {}).items())
-            print(f"epoch {epoch}/{params.epochs}  loss {row['train_loss']:.4f}  {dev}  "
+            print(f"epoch {epoch}/{epochs}  loss {row['train_loss']:.4f}  {dev}  "
                   f"({seconds:.0f} s, {row['samples_per_s']:.0f} samples/s)", file=sys.stderr)
         stop = bool(params.patience) and progress["stale_epochs"] >= params.patience
         progress.update(epoch=epoch + 1, batches_done=0, epoch_seen=0, epoch_loss_sum=0.0, epoch_seconds=0.0,
-                        finished=stop or epoch == params.epochs)
+                        finished=stop or epoch == epochs)
         checkpoint()
 
     history = progress["history"]
     result = TrainResult(model=model, precision=precision, history=history)
-    result.stopped_early = len(history) < params.epochs
+    result.stopped_early = len(history) < epochs
     plain = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     if best.saved:
         best.load_into(plain)

@@ -36,7 +36,7 @@ def default_space(defaults: dict, p99_tokens: int, imbalance: float, model_max: 
     space = {
         "lr": {"low": lr / 5, "high": lr * 3, "log": True},
         "batch_size": [16, 32, 64],
-        "epochs": {"low": 2, "high": 5},
+        "epochs": {"low": 2, "high": max(5, defaults["epochs"])},
         "warmup_ratio": {"low": 0.0, "high": 0.2},
         "weight_decay": {"low": 0.0, "high": 0.1},
     }
@@ -132,7 +132,7 @@ def tune(
     """
     import optuna
 
-    from .estimator import TextClassifier, default_lr
+    from .estimator import TextClassifier, default_epochs, default_lr
     from .modeling import load_tokenizer, resolve_model
     from .data import check_classes, infer_task
     from .validation import token_lengths
@@ -161,6 +161,9 @@ def tune(
     config = AutoConfig.from_pretrained(resolve_model(base.get("model")))
     defaults = {**{f.name: f.default for f in dataclasses.fields(TextClassifier)}, **base}
     defaults["lr"] = defaults["lr"] or default_lr(config)
+    # The defaults trial trains as `bertclf train` would: epochs derived from the rows it trains on.
+    rows = len(train_texts) if dev is not None else len(train_texts) - round(len(train_texts) * defaults["val_fraction"])
+    defaults["epochs"] = defaults["epochs"] or default_epochs(rows, defaults["batch_size"] * defaults["grad_accum"])
     space = default_space(defaults, p99_tokens, max(counts.values()) / min(counts.values()), tokenizer.model_max_length)
     if space_file:
         space = load_space(space_file, space)
