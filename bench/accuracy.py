@@ -8,8 +8,11 @@ its train file to fit the CPU budget, and the table says so.
 
     python bench/accuracy.py                                   # every dataset, seeds 42,43,44
     python bench/accuracy.py --datasets trec,banking77 --seeds 42
+    python bench/accuracy.py --datasets imdb --variants chunks --seeds 42
+    python bench/accuracy.py --reuse                           # go on after an interruption: finished runs are read back
     python bench/accuracy.py --quick --model DIR --output DIR  # smoke run: 200 rows (GoEmotions 1,000), 1 epoch
-Writes docs/benchmarks/accuracy.{json,md} (a dataset run again replaces its rows); models stay in runs/accuracy/.
+Writes docs/benchmarks/accuracy.{json,md} after each variant (a variant run again replaces its rows); models, and each
+run's wall time and peak RSS (bench-run.json), stay in runs/accuracy/.
 """
 
 from __future__ import annotations
@@ -58,8 +61,18 @@ def sample_file(name: str, rows: int, seed: int, work: Path) -> str:
     return str(path)
 
 
-def run_once(command: list[str]) -> tuple[dict, float, float | None]:
-    """Run one `bertclf train`; its record, wall seconds and peak RSS (MiB, by GNU time where installed)."""
+def run_once(command: list[str], reuse: bool = False) -> tuple[dict, float, float | None]:
+    """Run one `bertclf train`; its record, wall seconds and peak RSS (MiB, by GNU time where installed).
+
+    The seconds and RSS are kept beside the model (bench-run.json); with ``reuse`` a model whose bench-run.json
+    holds the same command is read back instead of trained again (an interrupted suite goes on where it stopped).
+    """
+    out = Path(command[command.index("--output") + 1])
+    sidecar = out / "bench-run.json"
+    if reuse and sidecar.exists() and json.loads(sidecar.read_text())["command"] == command:
+        run = json.loads(sidecar.read_text())
+        print("  reused the finished run in", out, file=sys.stderr, flush=True)
+        return json.loads((out / "bertclf.json").read_text()), run["seconds"], run["peak_rss_mb"]
     timed = os.path.exists(GNU_TIME)
     started = time.perf_counter()
     proc = subprocess.run([GNU_TIME, "-f", "peak_rss_kb %M", *command] if timed else command, capture_output=True,
@@ -68,12 +81,21 @@ def run_once(command: list[str]) -> tuple[dict, float, float | None]:
     if proc.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
     rss = int(proc.stderr.strip().splitlines()[-1].split()[-1]) / 1024 if timed else None
-    out = command[command.index("--output") + 1]
-    return json.loads((Path(out) / "bertclf.json").read_text()), seconds, rss
+    sidecar.write_text(json.dumps({"command": command, "seconds": seconds, "peak_rss_mb": rss}, indent=1) + "\n")
+    return json.loads((out / "bertclf.json").read_text()), seconds, rss
 
 
-def dataset_rows(name: str, seeds: list[int], model: str | None, work: Path, quick: bool) -> list[dict]:
+def variant_of(row: dict) -> str:
+    """The suite variant (a key of SUITE[dataset]["variants"], "" for the defaults) a result row came from."""
+    named = [v for v in SUITE[row["dataset"]].get("variants", {}) if v and row["variant"].startswith(v)]
+    return named[0] if named else ""
+
+
+def dataset_rows(name: str, variant: str, seeds: list[int], model: str | None, work: Path, quick: bool,
+                 reuse: bool = False) -> list[dict]:
+    """Train one variant of one dataset once per seed; its table rows (per reported split and metric)."""
     spec = SUITE[name]
+    flags = spec.get("variants", {"": []})[variant]
     folder = DATASETS / name
     train = str(folder / "train.csv")
     sample = spec.get("quick_sample", 200) if quick else spec.get("train_sample")
@@ -84,40 +106,39 @@ def dataset_rows(name: str, seeds: list[int], model: str | None, work: Path, qui
         base += ["--dev", str(folder / "dev.csv")]
     base += spec.get("flags", []) + (["--model", model] if model else []) + (["--epochs", "1"] if quick else [])
     rows = []
-    for variant, flags in spec.get("variants", {"": []}).items():
-        runs = []
-        for seed in seeds:
-            out = work / f"{name}{'-' + variant.replace(' ', '-') if variant else ''}-seed{seed}"
-            command = [*base, *flags, "--seed", str(seed), "--output", str(out), "--overwrite", "--quiet"]
-            print(f"{name} {variant or 'defaults'} seed {seed} ...", file=sys.stderr, flush=True)
-            record, seconds, rss = run_once(command)
-            runs.append({"record": record, "seconds": seconds, "rss": rss})
-            print(f"  {json.dumps({k: round(v, 4) for k, v in record['metrics']['test'].items() if isinstance(v, float)})} "
-                  f"{seconds:.0f} s", file=sys.stderr, flush=True)
-        shown = " ".join(part.replace(sys.executable, "python").replace(str(REPO) + "/", "").replace(str(DATASETS.parent) + "/", "../shared/")
-                         for part in command).replace(f"seed{seeds[-1]}", "seedS").replace(f"--seed {seeds[-1]}", "--seed S")
-        first = runs[0]["record"]
-        for split in spec["report"]:
-            for metric in spec["metrics"]:
-                kinds = [("", metric)]
-                if name == "goemotions":  # tuned per-label thresholds and the plain 0.5 cut, from the same models
-                    kinds = [("", metric), ("thresholds 0.5", metric)]
-                for kind, key in kinds:
-                    values = [r["record"]["metrics"][split]["at_0.5"][key] if kind else r["record"]["metrics"][split][key] for r in runs]
-                    rows.append({
-                        "dataset": name, "variant": ", ".join(v for v in (variant, kind) if v) or "defaults",
-                        "split": split, "rows": first["metrics"][split]["rows"], "metric": key,
-                        "mean": round(statistics.mean(values), 4), "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
-                        "values": [round(v, 4) for v in values], "seeds": seeds,
-                        "target": spec["target"].get(key), "reference": spec["anchor"],
-                        "model": first["base_model"] if model is None else model, "train_rows": first["data"]["train"]["rows_used"],
-                        "train_sample": sample, "epochs": [len(r["record"]["history"]) for r in runs],
-                        "best_epochs": [r["record"]["best_epoch"] for r in runs],
-                        "wall_s": round(statistics.mean(r["seconds"] for r in runs)),
-                        "samples_per_s": round(statistics.mean(r["record"]["training"]["samples_per_s"] for r in runs), 1),
-                        "peak_rss_mb": round(max(r["rss"] for r in runs)) if all(r["rss"] for r in runs) else None,
-                        "command": shown,
-                    })
+    runs = []
+    for seed in seeds:
+        out = work / f"{name}{'-' + variant.replace(' ', '-') if variant else ''}-seed{seed}"
+        command = [*base, *flags, "--seed", str(seed), "--output", str(out), "--overwrite", "--quiet"]
+        print(f"{name} {variant or 'defaults'} seed {seed} ...", file=sys.stderr, flush=True)
+        record, seconds, rss = run_once(command, reuse)
+        runs.append({"record": record, "seconds": seconds, "rss": rss})
+        print(f"  {json.dumps({k: round(v, 4) for k, v in record['metrics']['test'].items() if isinstance(v, float)})} "
+              f"{seconds:.0f} s", file=sys.stderr, flush=True)
+    shown = " ".join(part.replace(sys.executable, "python").replace(str(REPO) + "/", "").replace(str(DATASETS.parent) + "/", "../shared/")
+                     for part in command).replace(f"seed{seeds[-1]}", "seedS").replace(f"--seed {seeds[-1]}", "--seed S")
+    first = runs[0]["record"]
+    for split in spec["report"]:
+        for metric in spec["metrics"]:
+            kinds = [("", metric)]
+            if name == "goemotions":  # tuned per-label thresholds and the plain 0.5 cut, from the same models
+                kinds = [("", metric), ("thresholds 0.5", metric)]
+            for kind, key in kinds:
+                values = [r["record"]["metrics"][split]["at_0.5"][key] if kind else r["record"]["metrics"][split][key] for r in runs]
+                rows.append({
+                    "dataset": name, "variant": ", ".join(v for v in (variant, kind) if v) or "defaults",
+                    "split": split, "rows": first["metrics"][split]["rows"], "metric": key,
+                    "mean": round(statistics.mean(values), 4), "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+                    "values": [round(v, 4) for v in values], "seeds": seeds,
+                    "target": spec["target"].get(key), "reference": spec["anchor"],
+                    "model": first["base_model"] if model is None else model, "train_rows": first["data"]["train"]["rows_used"],
+                    "train_sample": sample, "epochs": [len(r["record"]["history"]) for r in runs],
+                    "best_epochs": [r["record"]["best_epoch"] for r in runs],
+                    "wall_s": round(statistics.mean(r["seconds"] for r in runs)),
+                    "samples_per_s": round(statistics.mean(r["record"]["training"]["samples_per_s"] for r in runs), 1),
+                    "peak_rss_mb": round(max(r["rss"] for r in runs)) if all(r["rss"] for r in runs) else None,
+                    "command": shown,
+                })
     return rows
 
 
@@ -151,20 +172,26 @@ def main() -> None:
     parser.add_argument("--model", help="model to fine-tune (default: bertclf's default)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 200 train rows (GoEmotions 1,000), 1 epoch")
     parser.add_argument("--output", help="where results and models go (default: docs/benchmarks and runs/accuracy)")
+    parser.add_argument("--variants", help="comma-separated variants to run, 'defaults' for the plain one (default: all)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="read back runs already finished with the same command (bench-run.json) instead of training again")
     args = parser.parse_args()
     names = args.datasets.split(",")
     unknown = [n for n in names if n not in SUITE]
     if unknown:
         parser.error(f"unknown dataset(s) {', '.join(unknown)}; known: {', '.join(SUITE)}")
+    wanted = None if args.variants is None else {"" if v == "defaults" else v for v in args.variants.split(",")}
+    plan = [(n, v) for n in names for v in SUITE[n].get("variants", {"": []}) if wanted is None or v in wanted]
+    if not plan:
+        parser.error(f"no variant named {args.variants} in {args.datasets}")
     seeds = [int(s) for s in args.seeds.split(",")]
     docs = Path(args.output) if args.output else DOCS
     work = Path(args.output) / "runs" if args.output else REPO / "runs" / "accuracy"
-    rows = []
-    for name in names:
-        rows += dataset_rows(name, seeds, args.model, work, args.quick)
-        earlier = docs / "accuracy.json"  # other datasets' rows from earlier runs stay
-        kept = [r for r in json.loads(earlier.read_text())["rows"] if r["dataset"] not in {x["dataset"] for x in rows}] if earlier.exists() else []
-        every = sorted(kept + rows, key=lambda r: list(SUITE).index(r["dataset"]))
+    for name, variant in plan:  # the table is rewritten after each variant: a long suite keeps what it finished
+        rows = dataset_rows(name, variant, seeds, args.model, work, args.quick, args.reuse)
+        earlier = docs / "accuracy.json"  # other datasets' and variants' rows from earlier runs stay
+        kept = [r for r in json.loads(earlier.read_text())["rows"] if (r["dataset"], variant_of(r)) != (name, variant)] if earlier.exists() else []
+        every = sorted(kept + rows, key=lambda r: (list(SUITE).index(r["dataset"]), list(SUITE[r["dataset"]].get("variants", {"": []})).index(variant_of(r))))
         docs.mkdir(parents=True, exist_ok=True)
         (docs / "accuracy.json").write_text(json.dumps({"rows": every}, indent=2) + "\n")
         (docs / "accuracy.md").write_text(markdown(every))

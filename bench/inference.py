@@ -160,10 +160,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--imdb-rows", type=int, default=300)
     parser.add_argument("--streaming", action="store_true", help="also measure predict's peak RSS on 10k vs 200k texts")
+    parser.add_argument("--streaming-only", action="store_true",
+                        help="measure only the streaming peak RSS and replace that section; the throughput tables stay")
+    parser.add_argument("--note", help="with --streaming-only: a remark printed with the new streaming rows")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.model)
+        return
+    if args.streaming_only:
+        remeasure_streaming(args.model, args.note)
         return
     record = json.load(open(os.path.join(args.model, "bertclf.json")))
     if "onnx-int8" not in record.get("backends", {}):
@@ -221,17 +227,39 @@ def markdown(tables: list[dict], ceilings: dict, command: str, streaming: list[d
                          f"{r['first_call_s']:.1f} |")
         lines.append("")
     if streaming:
-        lines += ["## Streaming: peak RSS of `bertclf predict` by input size", "",
-                  *([f"({streaming_note}.)", ""] if streaming_note else []),
-                  "| --backend | backend used | texts | input MiB | peak RSS MiB | texts/s (whole command) |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r.get('backend', 'auto')} | {r.get('backend_used', '')} | {r['texts']} | {r.get('input_mb', '')} | "
-                  f"{r['peak_rss_mb']:.0f} | {r['texts_per_s']:.0f} |" for r in streaming]
-        for backend in dict.fromkeys(r.get("backend", "auto") for r in streaming):
-            mine = [r for r in streaming if r.get("backend", "auto") == backend]
-            lines.append(f"\nRatio largest/smallest input, --backend {backend}: "
-                         f"{mine[-1]['peak_rss_mb'] / mine[0]['peak_rss_mb']:.3f}")
-        lines.append("")
+        lines += streaming_markdown(streaming, streaming_note)
     return "\n".join(lines)
+
+
+STREAMING_HEADING = "## Streaming: peak RSS of `bertclf predict` by input size"
+
+
+def streaming_markdown(streaming: list[dict], note: str | None = None) -> list[str]:
+    lines = [STREAMING_HEADING, "", *([f"({note}.)", ""] if note else []),
+             "| --backend | backend used | texts | input MiB | peak RSS MiB | texts/s (whole command) |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r.get('backend', 'auto')} | {r.get('backend_used', '')} | {r['texts']} | {r.get('input_mb', '')} | "
+              f"{r['peak_rss_mb']:.0f} | {r['texts_per_s']:.0f} |" for r in streaming]
+    for backend in dict.fromkeys(r.get("backend", "auto") for r in streaming):
+        mine = [r for r in streaming if r.get("backend", "auto") == backend]
+        lines.append(f"\nRatio largest/smallest input, --backend {backend}: "
+                     f"{mine[-1]['peak_rss_mb'] / mine[0]['peak_rss_mb']:.3f}")
+    return [*lines, ""]
+
+
+def remeasure_streaming(model_dir: str, note: str | None) -> None:
+    """Only the streaming section: measured again and put in place of the old one; the throughput tables stay."""
+    payload = json.loads((DOCS / "inference.json").read_text())
+    payload["streaming_predict"] = streaming_rss(model_dir)
+    payload.pop("streaming_predict_note", None)
+    if note:
+        payload["streaming_predict_note"] = note
+    payload["streaming_command"] = "python bench/inference.py " + " ".join(sys.argv[1:])
+    text = (DOCS / "inference.md").read_text()
+    before = text.split(STREAMING_HEADING)[0].rstrip("\n")
+    section = streaming_markdown(payload["streaming_predict"], note)
+    section.insert(2, f"Reproduce: `{payload['streaming_command']}`")
+    section.insert(3, "")
+    write_results("inference", payload, before + "\n\n" + "\n".join(section))
 
 
 if __name__ == "__main__":

@@ -9,10 +9,10 @@ import sys
 from .conftest import REPO
 
 
-def run(tmp_path, tiny_model_dir, datasets: str, seeds: str) -> dict:
-    subprocess.run([sys.executable, str(REPO / "bench" / "accuracy.py"), "--quick", "--datasets", datasets, "--seeds", seeds,
-                    "--model", tiny_model_dir, "--output", str(tmp_path)], check=True, capture_output=True, text=True)
-    return json.loads((tmp_path / "accuracy.json").read_text())
+def run(tmp_path, tiny_model_dir, datasets: str, seeds: str, *flags: str) -> dict:
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "accuracy.py"), "--quick", "--datasets", datasets, "--seeds", seeds,
+                           "--model", tiny_model_dir, "--output", str(tmp_path), *flags], check=True, capture_output=True, text=True)
+    return {**json.loads((tmp_path / "accuracy.json").read_text()), "log": proc.stderr}
 
 
 def test_quick_accuracy_bench_writes_rows_per_dataset_and_keeps_others(tmp_path, tiny_model_dir):
@@ -30,3 +30,15 @@ def test_quick_accuracy_bench_writes_rows_per_dataset_and_keeps_others(tmp_path,
                      ("goemotions", "thresholds 0.5", "macro_f1")}
     markdown = (tmp_path / "accuracy.md").read_text()
     assert "| trec | defaults | test (500) | accuracy |" in markdown and "| goemotions | thresholds 0.5 |" in markdown
+
+
+def test_one_variant_runs_alone_and_finished_runs_are_reused(tmp_path, tiny_model_dir):
+    first = run(tmp_path, tiny_model_dir, "emotion", "1", "--variants", "class-weight balanced")
+    assert {(r["variant"], r["metric"]) for r in first["rows"]} == {("class-weight balanced", "accuracy"),
+                                                                   ("class-weight balanced", "macro_f1")}
+    assert "reused" not in first["log"]
+    again = run(tmp_path, tiny_model_dir, "emotion", "1", "--reuse")  # both variants: only the defaults one trains
+    assert again["log"].count("reused the finished run") == 1
+    assert {r["variant"] for r in again["rows"]} == {"defaults", "class-weight balanced"}
+    balanced = [r for r in again["rows"] if r["variant"] == "class-weight balanced"]
+    assert balanced == first["rows"]  # read back, not retrained: same scores, wall time and peak RSS
