@@ -253,7 +253,8 @@ def remeasure_streaming(model_dir: str, note: str | None) -> None:
     payload.pop("streaming_predict_note", None)
     if note:
         payload["streaming_predict_note"] = note
-    payload["streaming_command"] = "python bench/inference.py " + " ".join(sys.argv[1:])
+    shown = [a for i, a in enumerate(sys.argv[1:]) if a != "--note" and sys.argv[i] != "--note"]  # the note is printed below
+    payload["streaming_command"] = "python bench/inference.py " + " ".join(shown)
     text = (DOCS / "inference.md").read_text()
     before = text.split(STREAMING_HEADING)[0].rstrip("\n")
     section = streaming_markdown(payload["streaming_predict"], note)
