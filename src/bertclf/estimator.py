@@ -22,7 +22,7 @@ from .checkpoints import Checkpointing
 from .data import check_classes, check_known_labels, content_sha256, infer_task, label_counts
 from .errors import BertclfError
 from .metrics import check_metric, compute, headline, tune_thresholds
-from .modeling import DEFAULT_MODEL, device_type, is_main_process, load_classifier, resolve_model, training_attention
+from .modeling import DEFAULT_MODEL, cheap_dropout, device_type, is_main_process, load_classifier, resolve_model, training_attention
 from .predict import decide, predict_logits, probabilities
 
 
@@ -147,28 +147,29 @@ class TextClassifier:
 
         attention = training_attention(device_type(), train_encoded.lengths)
         model.set_attn_implementation(attention)
-        result = train(
-            model,
-            train_encoded,
-            train_targets,
-            dev_encoded,
-            self._targets(dev_labels).numpy() if dev_labels is not None else None,
-            classes=self.classes_,
-            multilabel=multilabel,
-            pad_id=tokenizer.pad_token_id,
-            params=self,
-            lr=self.lr_,
-            epochs=epochs,
-            batch_tokens=batch_tokens,
-            checkpointing=checkpointing,
-            class_weights=self._class_weights(train_labels),
-            on_epoch=on_epoch,
-            fingerprint={
-                **{k: v for k, v in self.get_params().items() if k != "verbose"},
-                "train data": content_sha256(train_texts, train_labels),
-                "dev data": content_sha256(dev_texts, dev_labels) if dev_texts else None,
-            },
-        )
+        with cheap_dropout(model, enabled=device_type() == "cpu" and not self.compile):
+            result = train(
+                model,
+                train_encoded,
+                train_targets,
+                dev_encoded,
+                self._targets(dev_labels).numpy() if dev_labels is not None else None,
+                classes=self.classes_,
+                multilabel=multilabel,
+                pad_id=tokenizer.pad_token_id,
+                params=self,
+                lr=self.lr_,
+                epochs=epochs,
+                batch_tokens=batch_tokens,
+                checkpointing=checkpointing,
+                class_weights=self._class_weights(train_labels),
+                on_epoch=on_epoch,
+                fingerprint={
+                    **{k: v for k, v in self.get_params().items() if k != "verbose"},
+                    "train data": content_sha256(train_texts, train_labels),
+                    "dev data": content_sha256(dev_texts, dev_labels) if dev_texts else None,
+                },
+            )
         tokenizer.model_max_length = self.max_length  # the artifact's tokenizer truncates as training did
         result.model.set_attn_implementation("sdpa")  # the transformers default, for prediction and the artifact
         self.model_, self.tokenizer_ = result.model, tokenizer

@@ -6,7 +6,8 @@ import ctypes
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 
 import numpy as np
@@ -154,6 +155,38 @@ def process_state():
 def is_main_process() -> bool:
     """False on every process but rank 0 of an ``accelerate launch``/``torchrun`` job, which alone prints and writes."""
     return process_state().is_main_process
+
+
+class CheapDropout(torch.nn.Dropout):
+    """``nn.Dropout`` whose mask takes 16 random bits per element, four elements from each 64-bit draw.
+
+    torch's CPU dropout draws a Bernoulli sample per element: 10% of a MiniLM-L6 training step's CPU time under
+    torch.profiler (32 x 32-token batches, 1 thread). Drawing the mask this way took 1.0 ms instead of 6.2 for
+    393k elements. p is rounded to a multiple of 1/65536 (0.1 becomes 0.100006); the global torch generator is
+    used, so seeding and resuming work as before.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        n = x.numel()
+        draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), 2**63 - 1)
+        keep = draws.view(torch.int16)[:n].view(x.shape) >= round(self.p * 65536) - 32768
+        return torch.where(keep, x * (1.0 / (1.0 - self.p) if self.p < 1.0 else 0.0), 0.0)
+
+
+@contextmanager
+def cheap_dropout(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
+    """If ``enabled`` (CPU training in eager mode: GPUs have a fused dropout kernel, torch.compile makes its own),
+    the model's ``nn.Dropout`` layers run as :class:`CheapDropout` inside the block, then are put back."""
+    swapped = [m for m in model.modules() if type(m) is torch.nn.Dropout] if enabled else []
+    for module in swapped:
+        module.__class__ = CheapDropout
+    try:
+        yield
+    finally:
+        for module in swapped:
+            module.__class__ = torch.nn.Dropout
 
 
 def training_attention(device: str, lengths: Sequence[int]) -> str:

@@ -1,0 +1,56 @@
+"""The model stage's CPU training helpers: the cheap dropout mask must behave as nn.Dropout does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bertclf.modeling import CheapDropout, cheap_dropout
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cheap_dropout_drops_p_and_rescales_the_rest(dtype):
+    torch.manual_seed(0)
+    layer = CheapDropout(0.1).train()
+    x = torch.ones(200_000, dtype=dtype, requires_grad=True)
+    y = layer(x)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.1) < 0.005  # 200k Bernoulli(0.1) draws: std 0.0007
+    assert torch.allclose(y[y != 0].float(), torch.tensor(1 / 0.9), atol=1e-2)
+    assert y.dtype == dtype
+    y.sum().backward()  # the gradient flows through exactly the kept elements, scaled the same way
+    assert torch.equal(x.grad == 0, y == 0)
+
+
+def test_cheap_dropout_masks_differ_follow_the_seed_and_vanish_in_eval():
+    layer = CheapDropout(0.5).train()
+    x = torch.ones(1000)
+    torch.manual_seed(1)
+    first, second = layer(x), layer(x)
+    torch.manual_seed(1)
+    assert not torch.equal(first, second)
+    assert torch.equal(layer(x), first)  # same seed, same mask: resumed runs replay their dropout
+    assert torch.equal(layer.eval()(x), x)
+    assert torch.equal(CheapDropout(1.0).train()(x), torch.zeros(1000))
+    assert torch.equal(CheapDropout(0.0).train()(x), x)
+
+
+def test_cheap_dropout_swaps_for_the_block_only(tiny_model_dir):
+    from bertclf.modeling import load_classifier
+
+    _, model = load_classifier(tiny_model_dir, ["a", "b"])
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    with cheap_dropout(model, enabled=True):
+        assert layers and all(type(m) is CheapDropout for m in layers)
+    assert all(type(m) is torch.nn.Dropout for m in layers)
+    with cheap_dropout(model, enabled=False):
+        assert all(type(m) is torch.nn.Dropout for m in layers)
+    with pytest.raises(RuntimeError), cheap_dropout(model, enabled=True):
+        raise RuntimeError("training failed")
+    assert all(type(m) is torch.nn.Dropout for m in layers)  # put back even when training raises
+
+
+def test_a_fitted_model_keeps_plain_dropout(sst_binary):
+    clf, _, _ = sst_binary
+    kinds = {type(m) for m in clf.model_.modules() if isinstance(m, torch.nn.Dropout)}
+    assert kinds == {torch.nn.Dropout}
