@@ -69,8 +69,8 @@ def run_once(command: list[str], reuse: bool = False) -> tuple[dict, float, floa
     """
     out = Path(command[command.index("--output") + 1])
     sidecar = out / "bench-run.json"
-    if reuse and sidecar.exists() and json.loads(sidecar.read_text())["command"] == command:
-        run = json.loads(sidecar.read_text())
+    run = json.loads(sidecar.read_text()) if reuse and sidecar.exists() else None
+    if run and run["command"] == command:
         print("  reused the finished run in", out, file=sys.stderr, flush=True)
         return json.loads((out / "bertclf.json").read_text()), run["seconds"], run["peak_rss_mb"]
     timed = os.path.exists(GNU_TIME)
@@ -85,9 +85,14 @@ def run_once(command: list[str], reuse: bool = False) -> tuple[dict, float, floa
     return json.loads((out / "bertclf.json").read_text()), seconds, rss
 
 
+def variants(name: str) -> list[str]:
+    """A dataset's suite variants in table order; "" is the defaults."""
+    return list(SUITE[name].get("variants", {"": []}))
+
+
 def variant_of(row: dict) -> str:
-    """The suite variant (a key of SUITE[dataset]["variants"], "" for the defaults) a result row came from."""
-    named = [v for v in SUITE[row["dataset"]].get("variants", {}) if v and row["variant"].startswith(v)]
+    """The suite variant (one of :func:`variants`) a result row came from."""
+    named = [v for v in variants(row["dataset"]) if v and row["variant"].startswith(v)]
     return named[0] if named else ""
 
 
@@ -181,7 +186,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown dataset(s) {', '.join(unknown)}; known: {', '.join(SUITE)}")
     wanted = None if args.variants is None else {"" if v == "defaults" else v for v in args.variants.split(",")}
-    plan = [(n, v) for n in names for v in SUITE[n].get("variants", {"": []}) if wanted is None or v in wanted]
+    plan = [(n, v) for n in names for v in variants(n) if wanted is None or v in wanted]
     if not plan:
         parser.error(f"no variant named {args.variants} in {args.datasets}")
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -191,7 +196,7 @@ def main() -> None:
         rows = dataset_rows(name, variant, seeds, args.model, work, args.quick, args.reuse)
         earlier = docs / "accuracy.json"  # other datasets' and variants' rows from earlier runs stay
         kept = [r for r in json.loads(earlier.read_text())["rows"] if (r["dataset"], variant_of(r)) != (name, variant)] if earlier.exists() else []
-        every = sorted(kept + rows, key=lambda r: (list(SUITE).index(r["dataset"]), list(SUITE[r["dataset"]].get("variants", {"": []})).index(variant_of(r))))
+        every = sorted(kept + rows, key=lambda r: (list(SUITE).index(r["dataset"]), variants(r["dataset"]).index(variant_of(r))))
         docs.mkdir(parents=True, exist_ok=True)
         (docs / "accuracy.json").write_text(json.dumps({"rows": every}, indent=2) + "\n")
         (docs / "accuracy.md").write_text(markdown(every))
