@@ -1,11 +1,12 @@
-"""The model stage's CPU training helpers: the cheap dropout mask must behave as nn.Dropout does."""
+"""The model stage's CPU training helpers: the cheap dropout mask must behave as nn.Dropout does, and the attention
+that uses it must compute what transformers' eager attention computes."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bertclf.modeling import CheapDropout, cheap_dropout
+from bertclf.modeling import CHEAP_EAGER_ATTENTION, CheapDropout, cheap_dropout
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -40,17 +41,50 @@ def test_cheap_dropout_swaps_for_the_block_only(tiny_model_dir):
 
     _, model = load_classifier(tiny_model_dir, ["a", "b"])
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    model.set_attn_implementation("eager")
     with cheap_dropout(model, enabled=True):
         assert layers and all(type(m) is CheapDropout for m in layers)
+        assert model.config._attn_implementation == CHEAP_EAGER_ATTENTION
     assert all(type(m) is torch.nn.Dropout for m in layers)
+    assert model.config._attn_implementation == "eager"
     with cheap_dropout(model, enabled=False):
         assert all(type(m) is torch.nn.Dropout for m in layers)
     with pytest.raises(RuntimeError), cheap_dropout(model, enabled=True):
         raise RuntimeError("training failed")
     assert all(type(m) is torch.nn.Dropout for m in layers)  # put back even when training raises
+    assert model.config._attn_implementation == "eager"
+    model.set_attn_implementation("sdpa")
+    with cheap_dropout(model, enabled=True):  # SDPA (long texts) keeps its own kernel
+        assert model.config._attn_implementation == "sdpa"
 
 
-def test_a_fitted_model_keeps_plain_dropout(sst_binary):
-    clf, _, _ = sst_binary
-    kinds = {type(m) for m in clf.model_.modules() if isinstance(m, torch.nn.Dropout)}
-    assert kinds == {torch.nn.Dropout}
+def test_cheap_attention_matches_eager_attention_and_drops_only_in_training(tiny_model_dir):
+    from bertclf.modeling import load_classifier
+
+    _, model = load_classifier(tiny_model_dir, ["a", "b"])
+    ids = torch.randint(1000, 2000, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[0, 5:] = 0  # a padded row: the additive mask must reach the scores
+
+    def hidden() -> torch.Tensor:
+        return model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+
+    model.set_attn_implementation("eager")
+    for layer in model.modules():  # every dropout off: the two attentions must then agree
+        if isinstance(layer, torch.nn.Dropout):
+            layer.p = 0.0
+    model.train()
+    expected = hidden()
+    with cheap_dropout(model, enabled=True):
+        assert torch.allclose(hidden(), expected, atol=1e-5)
+        for layer in model.base_model.encoder.layer:  # now only the attention probabilities' dropout
+            layer.attention.self.dropout.p = 0.5
+        torch.manual_seed(0)
+        first = hidden()
+        torch.manual_seed(0)
+        assert torch.equal(hidden(), first)  # seeded, as the modules are
+        assert (first - expected).abs().max() > 1e-3
+        weights = model.base_model(input_ids=ids, attention_mask=mask, output_attentions=True).attentions[0]
+        assert abs((weights[1:] == 0).float().mean().item() - 0.5) < 0.1  # unpadded rows: half the weights dropped
+        model.eval()
+        assert torch.allclose(hidden(), expected, atol=1e-5)

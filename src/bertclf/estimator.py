@@ -145,7 +145,7 @@ class TextClassifier:
 
         from .train import train
 
-        attention = training_attention(device_type(), train_encoded.lengths)
+        attention = training_attention(device_type())
         model.set_attn_implementation(attention)
         with cheap_dropout(model, enabled=device_type() == "cpu" and not self.compile):
             result = train(

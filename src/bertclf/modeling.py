@@ -10,7 +10,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 
-import numpy as np
 import torch
 
 from .errors import BertclfError
@@ -29,26 +28,13 @@ class MemoryReleaser:
     has no ``malloc_trim`` (musl, macOS, Windows).
     """
 
-    M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h)
-
     def __init__(self, every_s: float = 1.0):
         self.every_s, self.last = every_s, time.monotonic()
         try:
             libc = ctypes.CDLL(None)
-            self.trim, self.mallopt = libc.malloc_trim, libc.mallopt
+            self.trim = libc.malloc_trim
         except (OSError, AttributeError):
-            self.trim = self.mallopt = None
-
-    def map_large_blocks(self, threshold: int = 1 << 20) -> None:
-        """Give every allocation of ``threshold`` bytes or more its own mapping, unmapped when freed (for training).
-
-        glibc raises its mmap threshold as blocks are freed, up to 32 MiB, after which a training step's activations
-        come from the heap and leave it fragmented. Fixed at 1 MiB, a 3-epoch SST-2 fit peaked at 1,365 MiB (85.0
-        samples/s) instead of 1,411 (75.8 samples/s, within this machine's noise); at 256 KiB it peaked at 1,294 MiB
-        but ran at 60.1 samples/s (page faults). The setting stays for the rest of the process.
-        """
-        if self.mallopt is not None:
-            self.mallopt(self.M_MMAP_THRESHOLD, threshold)
+            self.trim = None
 
     def __call__(self, now: bool = False) -> None:
         """``now``: trim whatever the time since the last trim (after a phase that freed much, e.g. a dev pass)."""
@@ -157,47 +143,81 @@ def is_main_process() -> bool:
     return process_state().is_main_process
 
 
-class CheapDropout(torch.nn.Dropout):
-    """``nn.Dropout`` whose mask takes 16 random bits per element, four elements from each 64-bit draw.
+def cheap_dropout_tensor(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Training-mode dropout of ``x`` whose mask takes 16 random bits per element, four from each 64-bit draw.
 
     torch's CPU dropout draws a Bernoulli sample per element: 10% of a MiniLM-L6 training step's CPU time under
     torch.profiler (32 x 32-token batches, 1 thread). Drawing the mask this way took 1.0 ms instead of 6.2 for
     393k elements. p is rounded to a multiple of 1/65536 (0.1 becomes 0.100006); the global torch generator is
     used, so seeding and resuming work as before.
     """
+    if p == 0.0:
+        return x
+    n = x.numel()
+    draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), 2**63 - 1)
+    keep = draws.view(torch.int16)[:n].view(x.shape) >= round(p * 65536) - 32768
+    return torch.where(keep, x * (1.0 / (1.0 - p) if p < 1.0 else 0.0), 0.0)
+
+
+class CheapDropout(torch.nn.Dropout):
+    """``nn.Dropout`` by :func:`cheap_dropout_tensor`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        n = x.numel()
-        draws = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), 2**63 - 1)
-        keep = draws.view(torch.int16)[:n].view(x.shape) >= round(self.p * 65536) - 32768
-        return torch.where(keep, x * (1.0 / (1.0 - self.p) if self.p < 1.0 else 0.0), 0.0)
+        return cheap_dropout_tensor(x, self.p) if self.training else x
+
+
+CHEAP_EAGER_ATTENTION = "bertclf_eager"  # the name eager_attention_cheap_dropout is registered under
+
+
+def eager_attention_cheap_dropout(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                                  attention_mask: torch.Tensor | None, scaling: float | None = None,
+                                  dropout: float = 0.0, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' eager attention, softmax(QK^T * scaling + mask) V, with the attention probabilities dropped by
+    :func:`cheap_dropout_tensor` (transformers' own calls torch's dropout, a functional call no module swap reaches)."""
+    scores = torch.matmul(query, key.transpose(2, 3)) * (query.size(-1) ** -0.5 if scaling is None else scaling)
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = torch.nn.functional.softmax(scores, dim=-1)
+    if module.training:
+        weights = cheap_dropout_tensor(weights, dropout)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
 
 @contextmanager
 def cheap_dropout(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
     """If ``enabled`` (CPU training in eager mode: GPUs have a fused dropout kernel, torch.compile makes its own),
-    the model's ``nn.Dropout`` layers run as :class:`CheapDropout` inside the block, then are put back."""
+    the model's ``nn.Dropout`` layers run as :class:`CheapDropout` inside the block, and eager attention as
+    :func:`eager_attention_cheap_dropout` where the model takes attention functions (BERT, RoBERTa; not MPNet);
+    both are put back afterwards."""
     swapped = [m for m in model.modules() if type(m) is torch.nn.Dropout] if enabled else []
     for module in swapped:
         module.__class__ = CheapDropout
+    attention = model.config._attn_implementation
+    swap_attention = enabled and attention == "eager" and model._can_set_attn_implementation()
+    if swap_attention:
+        from transformers import AttentionInterface, AttentionMaskInterface
+        from transformers.masking_utils import eager_mask
+
+        AttentionInterface.register(CHEAP_EAGER_ATTENTION, eager_attention_cheap_dropout)
+        AttentionMaskInterface.register(CHEAP_EAGER_ATTENTION, eager_mask)  # eager's additive float mask, not SDPA's bool
+        model.set_attn_implementation(CHEAP_EAGER_ATTENTION)
     try:
         yield
     finally:
         for module in swapped:
             module.__class__ = torch.nn.Dropout
+        if swap_attention:
+            model.set_attn_implementation(attention)
 
 
-def training_attention(device: str, lengths: Sequence[int]) -> str:
-    """The attention kernel that trains fastest here.
+def training_attention(device: str) -> str:
+    """The attention kernel that trains fastest here: SDPA on GPUs, eager on CPU.
 
-    On CPU, eager (matmul) attention trained MiniLM-L6 1.2-1.4x faster than the SDPA kernel
-    for texts up to 128 tokens, while SDPA was faster at 512 (bench/attention.py). GPUs use SDPA.
+    On CPU, SDPA with dropout leaves its flash kernel for a math one. Training steps of MiniLM-L6 in train mode
+    (bench/attention.py, samples/s at 32, 128 and 512 tokens): SDPA 81.7, 19.6, 2.2; eager 83.7, 20.2, 2.5; eager
+    with :func:`cheap_dropout`, as fit runs it on CPU, 89.3, 25.7, 4.5.
     """
-    if device == "cuda" or not lengths:
-        return "sdpa"
-    return "eager" if float(np.percentile(lengths, 90)) <= 256 else "sdpa"
+    return "sdpa" if device == "cuda" else "eager"
 
 
 def resolve_precision(requested: str, device: str) -> str:

@@ -105,7 +105,6 @@ def train(
     from transformers import get_linear_schedule_with_warmup
 
     precision = resolve_precision(params.precision, device_type())
-    release_memory.map_large_blocks()
     # accelerate keeps process-wide state; a second fit() in one process may ask for another precision or
     # accumulation. The process group itself (PartialState) is kept, so multi-process runs are unaffected.
     AcceleratorState._reset_state()
