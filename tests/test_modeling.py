@@ -88,3 +88,11 @@ def test_cheap_attention_matches_eager_attention_and_drops_only_in_training(tiny
         assert abs((weights[1:] == 0).float().mean().item() - 0.5) < 0.1  # unpadded rows: half the weights dropped
         model.eval()
         assert torch.allclose(hidden(), expected, atol=1e-5)
+
+
+def test_a_fitted_model_keeps_plain_dropout_and_sdpa(sst_binary):
+    clf, _, _ = sst_binary
+    kinds = {type(m) for m in clf.model_.modules() if isinstance(m, torch.nn.Dropout)}
+    assert kinds == {torch.nn.Dropout}
+    assert clf.model_.config._attn_implementation == "sdpa"  # the artifact's attention, not bertclf's training one
+    assert clf.training_["attention"] == "eager"
