@@ -96,3 +96,52 @@ def test_a_fitted_model_keeps_plain_dropout_and_sdpa(sst_binary):
     assert kinds == {torch.nn.Dropout}
     assert clf.model_.config._attn_implementation == "sdpa"  # the artifact's attention, not bertclf's training one
     assert clf.training_["attention"] == "eager"
+
+
+def test_cheap_attention_under_bf16_autocast_stays_bf16_and_finite():
+    from bertclf.modeling import eager_attention_cheap_dropout
+
+    torch.manual_seed(0)
+    query, key, value = (torch.randn(2, 4, 6, 8) for _ in range(3))
+    mask = torch.zeros(2, 1, 6, 6)
+    mask[0, :, :, 3:] = torch.finfo(torch.float32).min  # padding, as transformers' eager mask writes it
+    mask[1, :, 2, :] = torch.finfo(torch.float32).min  # a query row masked throughout: bf16's -inf would give NaN
+    module = torch.nn.Module().eval()
+    out, weights = eager_attention_cheap_dropout(module, query, key, value, mask, scaling=8**-0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out16, weights16 = eager_attention_cheap_dropout(module, query, key, value, mask, scaling=8**-0.5)
+    assert weights16.dtype == torch.bfloat16  # not promoted to fp32 by the mask
+    assert torch.isfinite(out16).all() and torch.isfinite(weights16.float()).all()
+    assert torch.allclose(weights16.float(), weights, atol=2e-2) and torch.allclose(out16.float(), out, atol=5e-2)
+    assert torch.all(weights16[0, :, :, 3:] == 0)
+
+def test_resident_embedding_grad_equals_torchs_over_accumulation_and_zero_grad(tiny_model_dir):
+    from bertclf.modeling import ResidentGradEmbedding, load_classifier, resident_embedding_grad
+
+    _, model = load_classifier(tiny_model_dir, ["a", "b"])
+    model.eval()  # no dropout: both passes must see the same function
+    embedding = model.get_input_embeddings()
+    pad = embedding.padding_idx
+    batches = [torch.tensor([[101, 7, 7, 102, pad], [101, 9, 102, pad, pad]]), torch.tensor([[101, 7, 11, 12, 102]])]
+
+    def grads() -> list[torch.Tensor]:
+        """The word-embedding gradient after backward on batches 0+1 (accumulated), then after zero_grad and batch 1."""
+        out = []
+        for group in ([0, 1], [1]):
+            model.zero_grad(set_to_none=True)
+            for i in group:
+                model(input_ids=batches[i], attention_mask=(batches[i] != pad).long()).logits.sum().backward()
+            out.append(embedding.weight.grad.clone())
+        return out
+
+    expected = grads()
+    with resident_embedding_grad(model, enabled=True):
+        assert type(embedding) is ResidentGradEmbedding
+        got = grads()
+    assert type(embedding) is torch.nn.Embedding and "_grad_buffer" not in embedding.__dict__
+    for want, have in zip(expected, got):
+        assert torch.allclose(have, want, atol=1e-6)
+    assert got[0][7].abs().sum() > 0 and torch.all(got[0][pad] == 0)
+    assert torch.all(got[1][9] == 0)  # batch 0's rows were cleared by zero_grad, as torch's fresh gradient has them
+    with resident_embedding_grad(model, enabled=False):
+        assert type(embedding) is torch.nn.Embedding

@@ -22,7 +22,8 @@ from .checkpoints import Checkpointing
 from .data import check_classes, check_known_labels, content_sha256, infer_task, label_counts
 from .errors import BertclfError
 from .metrics import check_metric, compute, headline, tune_thresholds
-from .modeling import DEFAULT_MODEL, cheap_dropout, device_type, is_main_process, load_classifier, resolve_model, training_attention
+from .modeling import (DEFAULT_MODEL, cheap_dropout, device_type, is_main_process, load_classifier, process_state,
+                       resident_embedding_grad, resolve_model, training_attention)
 from .predict import decide, predict_logits, probabilities
 
 
@@ -147,7 +148,9 @@ class TextClassifier:
 
         attention = training_attention(device_type())
         model.set_attn_implementation(attention)
-        with cheap_dropout(model, enabled=device_type() == "cpu" and not self.compile):
+        cpu_eager = device_type() == "cpu" and not self.compile  # GPUs and torch.compile have their own kernels
+        with cheap_dropout(model, enabled=cpu_eager), \
+                resident_embedding_grad(model, enabled=cpu_eager and process_state().num_processes == 1):
             result = train(
                 model,
                 train_encoded,
