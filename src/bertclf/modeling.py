@@ -285,8 +285,8 @@ def training_attention(device: str) -> str:
     """The attention kernel that trains fastest here: SDPA on GPUs, eager on CPU.
 
     On CPU, SDPA with dropout leaves its flash kernel for a math one. Training steps of MiniLM-L6 in train mode
-    (bench/attention.py, samples/s at 32, 128 and 512 tokens): SDPA 81.7, 19.6, 2.2; eager 83.7, 20.2, 2.5; eager
-    with :func:`cheap_dropout`, as fit runs it on CPU, 89.3, 25.7, 4.5.
+    (bench/attention.py, samples/s at 32, 128 and 512 tokens): SDPA 90.4, 19.1, 2.2; eager 102.8, 20.0, 2.0; eager
+    with :func:`cheap_dropout`, as fit runs it on CPU, 115.5, 28.6, 3.7.
     """
     return "sdpa" if device == "cuda" else "eager"
 
