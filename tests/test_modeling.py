@@ -115,6 +115,7 @@ def test_cheap_attention_under_bf16_autocast_stays_bf16_and_finite():
     assert torch.allclose(weights16.float(), weights, atol=2e-2) and torch.allclose(out16.float(), out, atol=5e-2)
     assert torch.all(weights16[0, :, :, 3:] == 0)
 
+
 def test_resident_embedding_grad_equals_torchs_over_accumulation_and_zero_grad(tiny_model_dir):
     from bertclf.modeling import ResidentGradEmbedding, load_classifier, resident_embedding_grad
 

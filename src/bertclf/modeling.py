@@ -266,7 +266,8 @@ class ResidentGradEmbedding(torch.nn.Embedding):
 @contextmanager
 def resident_embedding_grad(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
     """If ``enabled`` (one-process CPU training), the model's input embedding runs as :class:`ResidentGradEmbedding`
-    inside the block; put back, its buffer freed, afterwards."""
+    inside the block, and a plain ``nn.Embedding`` again afterwards (the buffer lives on only as ``weight.grad``, if
+    the last step left one there; fit's loop ends each step with ``zero_grad``)."""
     module = model.get_input_embeddings()
     swap = (enabled and type(module) is torch.nn.Embedding and module.max_norm is None
             and not module.scale_grad_by_freq and not module.sparse)
