@@ -50,16 +50,21 @@ def peak_rss_mb() -> float:
 
 
 def matmul_ceiling_gflops(dtype_name: str, n: int = 2048, repeats: int = 5) -> float:
-    """Measured GFLOP/s of a large square matmul: what this CPU can do at best in that precision."""
+    """Measured GFLOP/s (GOP/s for int8) of a large square matmul: what this CPU can do at best in that precision."""
     import torch
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    if dtype_name == "int8":  # int8 x int8 -> int32, the product the int8 backends run
+        a, b = (torch.randint(-127, 128, (n, n), dtype=torch.int8) for _ in range(2))
+        product = torch._int_mm
+    else:
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        product = torch.matmul
     for _ in range(2):
-        a @ b
+        product(a, b)
     start = time.perf_counter()
     for _ in range(repeats):
-        a @ b
+        product(a, b)
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
 
 

@@ -3,7 +3,8 @@
 In one process, in interleaved rounds (so drift in machine load hits every contender alike):
   pipeline          transformers.pipeline("text-classification") with its default batch size (the baseline)
   pipeline_b32      the same with batch_size=32
-  torch, torch-bf16, torch-bf16-compiled, onnx, onnx-int8   bertclf's backends (after 'bertclf export --onnx --int8')
+  torch, torch-bf16, torch-int8, torch-bf16-compiled, torch-int8-compiled, onnx, onnx-int8
+                    bertclf's backends (after 'bertclf export --onnx --int8', which the script runs if needed)
 Every contender is called once before the timed rounds (first calls allocate, pick kernels and, for the compiled
 backend, compile); that first call's time is reported on its own.
 Texts: SST-2 dev+test sentences (short) and, separately, IMDB test reviews (long, truncated as the model was
@@ -26,7 +27,7 @@ import numpy as np
 
 from common import DATASETS, DOCS, matmul_ceiling_gflops, peak_rss_mb, run_child, write_results
 
-OURS = ("torch", "torch-bf16", "torch-bf16-compiled", "onnx", "onnx-int8")
+OURS = ("torch", "torch-bf16", "torch-int8", "torch-bf16-compiled", "torch-int8-compiled", "onnx", "onnx-int8")
 
 
 def texts_of(kind: str, imdb_rows: int) -> tuple[list[str], list[str]]:
@@ -117,7 +118,7 @@ def measure(kind: str, names: list[str], model_dir: str, rounds: int, imdb_rows:
     return {"texts": f"{kind}: {len(texts)} texts", "rows": rows}
 
 
-STREAMING_BACKENDS = ("auto", "torch-bf16")  # auto: torch-bf16 for the 10k file, the compiled backend for the 200k one
+STREAMING_BACKENDS = ("auto", "torch-bf16")  # auto: the fastest backend export accepted; torch-bf16: one fixed backend
 
 
 def streaming_rss(model_dir: str, sizes: tuple[int, ...] = (10_000, 200_000),
@@ -172,13 +173,13 @@ def main() -> None:
         remeasure_streaming(args.model, args.note)
         return
     record = json.load(open(os.path.join(args.model, "bertclf.json")))
-    if "onnx-int8" not in record.get("backends", {}):
+    if not set(OURS) <= set(record.get("backends", {})):
         from bertclf.export import export
 
-        print("exporting ONNX and int8 first ...", file=sys.stderr)
+        print("exporting ONNX and int8, and checking every backend, first ...", file=sys.stderr)
         export(args.model, int8=True, force=True)
     names = ["pipeline", "pipeline_b32", *OURS]
-    ceilings = {p: round(matmul_ceiling_gflops(p), 1) for p in ("fp32", "bf16")}
+    ceilings = {p: round(matmul_ceiling_gflops(p), 1) for p in ("fp32", "bf16", "int8")}
     short = measure("sst2", names, args.model, args.rounds, args.imdb_rows)
     long = measure("imdb", names, args.model, args.rounds, args.imdb_rows)
     rss = {name: run_child(__file__, ["--child", name, "--model", args.model])["peak_rss_mb"] for name in names}
@@ -187,7 +188,7 @@ def main() -> None:
         for row in table["rows"]:
             row["ratio"] = round(row["texts_per_s"] / base, 2)
             row["peak_rss_mb"] = rss[row["name"]]
-            row["share_of_ceiling"] = round(row["useful_gflops"] / ceilings["bf16" if row["name"].startswith("torch-bf16") else "fp32"], 3)
+            row["share_of_ceiling"] = round(row["useful_gflops"] / ceilings[precision_of(row["name"])], 3)
     command = "python bench/inference.py " + " ".join(sys.argv[1:])
     base = short["rows"][0]
     payload = {
@@ -209,14 +210,21 @@ def main() -> None:
                                                  payload.get("streaming_predict_note")))
 
 
+def precision_of(name: str) -> str:
+    """The matmul precision a contender runs, for its share of that precision's ceiling."""
+    return "int8" if "int8" in name else "bf16" if "bf16" in name else "fp32"
+
+
 def markdown(tables: list[dict], ceilings: dict, command: str, streaming: list[dict] | None,
              streaming_note: str | None = None) -> str:
     lines = ["# Inference throughput", "",
              "MiniLM-L6 fine-tuned on SST-2 sentences (`scripts/demo.sh`), this machine's 2 CPU cores, one process, "
              "interleaved rounds (median). Ratio is against the HF pipeline with its default batch size. Agreement: "
              "argmax equal to torch fp32. Peak RSS: a fresh process scoring the SST-2 texts once. "
-             f"Matmul ceiling: fp32 {ceilings['fp32']} GFLOP/s, bf16 {ceilings['bf16']} GFLOP/s (int8 rows are "
-             "shown against the fp32 ceiling).", "", f"Reproduce: `{command}`", ""]
+             f"Matmul ceiling (a 2048-square product): fp32 {ceilings['fp32']} GFLOP/s, bf16 {ceilings['bf16']} GFLOP/s"
+             + (f", int8 {ceilings['int8']} GOP/s" if "int8" in ceilings else "")
+             + "; each row's share is against the ceiling of the precision its matrix products run in.", "",
+             f"Reproduce: `{command}`", ""]
     for table in tables:
         lines += [f"## {table['texts']}", "",
                   "| contender | texts/s | ratio | accuracy | agreement | peak RSS MiB | useful GFLOP/s | share of ceiling | first call s |",

@@ -31,22 +31,25 @@ def test_export_records_each_backend_and_auto_picks_an_accepted_one(model_dir, c
     assert "onnx-int8" in capsys.readouterr().out
     record = json.load(open(f"{model_dir}/bertclf.json"))
     rows = record["backends"]
-    assert {"torch", "onnx", "onnx-int8"} <= set(rows) and record["backends_checked_on"]["rows"] == 120
+    assert {"torch", "torch-int8", "torch-int8-compiled", "onnx", "onnx-int8"} <= set(rows)
+    assert record["backends_checked_on"]["rows"] == 120
     assert rows["onnx"]["agreement"] == 1.0 and rows["onnx"]["accepted"] and rows["onnx"]["file"] == "onnx/model.onnx"
     for row in rows.values():
         assert row["texts_per_s"] > 0 and 0 <= row["accuracy"] <= 1
     auto = TextClassifier.load(model_dir, backend="auto")
-    assert auto.backend_ in rows and rows[auto.backend_]["accepted"] and auto.backend_ != backends.COMPILED
-    if cpu_has_native_bf16():
-        assert rows[backends.COMPILED]["agreement"] >= 0.95 and rows[backends.COMPILED]["first_call_s"] > 0
+    assert auto.backend_ in rows and rows[auto.backend_]["accepted"] and auto.backend_ not in backends.COMPILED
+    for name in ("torch-bf16-compiled",) * cpu_has_native_bf16() + ("torch-int8", "torch-int8-compiled"):
+        assert rows[name]["agreement"] >= 0.95 and (rows[name]["first_call_s"] > 0 or name not in backends.COMPILED)
 
 
-def test_auto_never_picks_the_compiled_backend_but_the_name_does():
+def test_auto_never_picks_a_compiled_backend_but_the_name_does():
     record = {"backends": {"torch": {"accepted": True, "texts_per_s": 100.0},
                            "onnx": {"accepted": True, "texts_per_s": 150.0},
-                           backends.COMPILED: {"accepted": True, "texts_per_s": 300.0}}}
+                           "torch-int8": {"accepted": False, "texts_per_s": 200.0},
+                           **{name: {"accepted": True, "texts_per_s": 300.0} for name in backends.COMPILED}}}
     assert backends.choose(record, "auto") == "onnx"
-    assert backends.choose(record, backends.COMPILED) == backends.COMPILED
+    for name in backends.COMPILED:
+        assert backends.choose(record, name) == name
 
 
 def test_the_cli_offers_every_backend():
@@ -58,9 +61,20 @@ def test_the_cli_offers_every_backend():
 def test_compiled_backend_agrees_with_eager_bf16_and_scores_a_single_text(model_dir):
     texts = subset("sst2_sentences", "test", 40, seed=3).text.tolist()
     eager = TextClassifier.load(model_dir, backend="torch-bf16")
-    compiled = TextClassifier.load(model_dir, backend=backends.COMPILED)
+    compiled = TextClassifier.load(model_dir, backend="torch-bf16-compiled")
     assert np.abs(compiled.predict_proba(texts) - eager.predict_proba(texts)).max() < 0.05
     assert np.abs(compiled.predict_proba(texts[:1]) - eager.predict_proba(texts[:1])).max() < 0.05
+
+
+def test_int8_backends_agree_with_fp32_and_a_text_scores_the_same_alone_as_in_a_batch(model_dir):
+    texts = subset("sst2_sentences", "test", 60, seed=5).text.tolist()
+    fp32 = TextClassifier.load(model_dir, backend="torch").predict_proba(texts)
+    for name in ("torch-int8", "torch-int8-compiled"):
+        clf = TextClassifier.load(model_dir, backend=name)
+        batch = clf.predict_proba(texts)
+        assert np.abs(batch - fp32).max() < 0.05 and (batch.argmax(1) == fp32.argmax(1)).mean() >= 0.95
+        alone = np.concatenate([clf.predict_proba([t]) for t in texts[:8]])
+        assert np.abs(alone - batch[:8]).max() < 1e-3  # per-token scales: neighbours and padding do not matter
 
 
 def test_onnx_backend_matches_torch(model_dir):

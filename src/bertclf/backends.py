@@ -1,10 +1,11 @@
 """Inference backends behind one interface: ``logits(encoded) -> np.ndarray`` in input order.
 
-torch (fp32, exact), torch-bf16 (autocast, where the hardware has bf16), torch-bf16-compiled (the same through
-``torch.compile``: faster once compiled, after a one-off compile of tens of seconds), onnx (ONNX Runtime, fp32,
-fused graph) and onnx-int8 (dynamic int8 quantisation). ``auto`` picks the fastest backend that ``bertclf export``
-checked against torch fp32 on the artifact's dev set and recorded in ``bertclf.json``, never the compiled one
-(see :func:`choose`).
+torch (fp32, exact), torch-bf16 (autocast, where the hardware has bf16), torch-int8 (int8 matrix products with
+per-token activation scales, CPU; see :mod:`bertclf.quantize`), the compiled variants torch-bf16-compiled and
+torch-int8-compiled (the same through ``torch.compile``: faster once compiled, after a one-off compile of tens of
+seconds), onnx (ONNX Runtime, fp32, fused graph) and onnx-int8 (ONNX Runtime's dynamic int8 quantisation).
+``auto`` picks the fastest backend that ``bertclf export`` checked against torch fp32 on the artifact's dev set and
+recorded in ``bertclf.json``, never a compiled one (see :func:`choose`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from .batching import Encoded
 from .errors import BertclfError
 from .modeling import cpu_has_native_bf16, device_type
 from .predict import MAX_BATCH_ROWS, batched_logits, predict_logits
+from .quantize import int8_copy
 
-BACKENDS = ("auto", "torch", "torch-bf16", "torch-bf16-compiled", "onnx", "onnx-int8")
-COMPILED = "torch-bf16-compiled"
+BACKENDS = ("auto", "torch", "torch-bf16", "torch-int8", "torch-bf16-compiled", "torch-int8-compiled", "onnx", "onnx-int8")
+COMPILED = ("torch-bf16-compiled", "torch-int8-compiled")
 ONNX_FILES = {"onnx": os.path.join("onnx", "model.onnx"), "onnx-int8": os.path.join("onnx", "model-int8.onnx")}
 
 Logits = Callable[[Encoded], np.ndarray]
@@ -30,10 +32,10 @@ Logits = Callable[[Encoded], np.ndarray]
 def choose(record: dict, requested: str, onnx_first: bool = False) -> str:
     """``auto``: the fastest recorded backend that passed its accuracy check; torch when none was checked.
 
-    Never the compiled backend: export times it after its compile, but on this project's 2-core benchmark it
+    Never a compiled backend: export times them after its compile, but on this project's 2-core benchmark it
     scored SST-2 sentences only 1.11x faster than eager bf16 (IMDB reviews 1.02x) after a 21 s compile, and a
     whole 'bertclf predict' of 200,000 sentences ran slower with it (683 vs 709 texts/s) and peaked 81 MiB
-    higher. It stays available by name.
+    higher. They stay available by name.
 
     ``onnx_first`` (the server): the fastest accepted ONNX backend if there is one. ONNX Runtime releases the
     GIL for a whole call, so it runs beside the event loop and in two lanes at once; torch's Python-level
@@ -43,19 +45,23 @@ def choose(record: dict, requested: str, onnx_first: bool = False) -> str:
         raise BertclfError(f"unknown backend '{requested}'; use one of {', '.join(BACKENDS)}")
     if requested != "auto":
         return requested
-    checked = {name: row for name, row in record.get("backends", {}).items() if row.get("accepted") and name != COMPILED}
+    checked = {name: row for name, row in record.get("backends", {}).items() if row.get("accepted") and name not in COMPILED}
     if onnx_first and any(name.startswith("onnx") for name in checked):
         checked = {name: row for name, row in checked.items() if name.startswith("onnx")}
     return max(checked, key=lambda name: checked[name]["texts_per_s"]) if checked else "torch"
 
 
 def torch_logits(model: torch.nn.Module, pad_id: int, bf16: bool = False, progress: bool = False,
-                 compiled: bool = False) -> Logits:
+                 compiled: bool = False, int8: bool = False) -> Logits:
     """``compiled``: ``torch.compile`` (inductor) with the weights frozen as constants, so that inductor can
     pre-pack them for the CPU's matrix kernels, and shapes dynamic, so that one graph serves every batch. The
-    compile happens on the first call."""
+    compile happens on the first call. ``int8``: run an int8 copy of the model (the given one is untouched)."""
     if bf16 and not (cpu_has_native_bf16() or device_type() == "cuda"):
         raise BertclfError("backend torch-bf16 needs a CPU with native bf16 (AVX512-BF16/AMX) or a GPU; use torch or onnx")
+    if int8:
+        if device_type() != "cpu":
+            raise BertclfError("backend torch-int8 runs on the CPU; on a GPU use torch or torch-bf16")
+        model = int8_copy(model)
     if compiled:
         model = torch.compile(model, dynamic=True, options={"freezing": True})
 
@@ -93,7 +99,8 @@ def make(name: str, model_dir: str | None, model: torch.nn.Module, pad_id: int, 
     if threads:
         torch.set_num_threads(threads)
     if name.startswith("torch"):
-        return torch_logits(model, pad_id, bf16=name != "torch", progress=progress, compiled=name == COMPILED)
+        return torch_logits(model, pad_id, bf16=name.startswith("torch-bf16"), progress=progress, compiled=name in COMPILED,
+                            int8=name.startswith("torch-int8"))
     if model_dir is None:
         raise BertclfError(f"backend {name} needs a saved model directory with an ONNX export")
     return onnx_logits(os.path.join(model_dir, ONNX_FILES[name]), pad_id, threads, progress, per_text=name == "onnx-int8")

@@ -194,9 +194,10 @@ def _report_dropped(splits: dict) -> None:
 def _add_backend_flags(p: argparse.ArgumentParser) -> None:
     # backends.BACKENDS, spelled out so that building the parser does not import torch (a test keeps them equal)
     p.add_argument("--backend", default="auto",
-                   choices=("auto", "torch", "torch-bf16", "torch-bf16-compiled", "onnx", "onnx-int8"),
+                   choices=("auto", "torch", "torch-bf16", "torch-int8", "torch-bf16-compiled", "torch-int8-compiled",
+                            "onnx", "onnx-int8"),
                    help="inference engine; auto: the fastest one 'bertclf export' checked on the dev set, else torch "
-                        "(never torch-bf16-compiled, which compiles for about 20 s first and gained little here)")
+                        "(never a *-compiled one: they compile for 15-30 s on their first call)")
     p.add_argument("--threads", type=int, help="CPU threads for inference (default: all cores)")
 
 
@@ -288,9 +289,10 @@ def _export_parser(sub) -> None:
         "export",
         help="add ONNX (and int8) inference models to a saved model, checked against torch on its dev set",
         description="Writes MODEL_DIR/onnx/model.onnx (fp32, ONNX Runtime fusions) and, with --int8, a dynamically "
-        "quantised model-int8.onnx. Each backend is scored on the model's dev set (texts/s, accuracy, agreement "
-        "with torch fp32) and recorded in bertclf.json, where 'predict --backend auto' finds them. An int8 model "
-        "losing more than 0.5 point of dev accuracy is refused unless --force (and auto never picks it).",
+        "quantised model-int8.onnx. Each backend (the torch ones too, torch-int8 included) is scored on the model's "
+        "dev set (texts/s, accuracy, agreement with torch fp32) and recorded in bertclf.json, where "
+        "'predict --backend auto' finds them. A backend losing more than 0.5 point of dev accuracy is never picked by "
+        "auto; an int8 ONNX model doing so is refused unless --force.",
     )
     p.add_argument("model_dir", metavar="MODEL_DIR")
     p.add_argument("--onnx", action="store_true", required=True, help="export to ONNX (the only format for now)")

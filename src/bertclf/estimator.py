@@ -270,8 +270,9 @@ class TextClassifier:
     def load(cls, path: str, backend: str = "torch", threads: int | None = None) -> TextClassifier:
         """Rebuild a fitted classifier from a directory written by :meth:`save`.
 
-        ``backend``: torch, torch-bf16, torch-bf16-compiled, onnx, onnx-int8 (after ``bertclf export``) or auto,
-        the fastest one whose accuracy export checked (never the compiled one). ``threads``: CPU threads for
+        ``backend``: torch, torch-bf16, torch-int8, torch-bf16-compiled, torch-int8-compiled, onnx, onnx-int8 (the
+        last two after ``bertclf export``) or auto, the fastest one whose accuracy export checked (never a compiled
+        one). ``threads``: CPU threads for
         inference (default: all cores).
         """
         record = artifact.read_record(path)

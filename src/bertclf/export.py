@@ -1,9 +1,9 @@
 """Stage 8 — export: ONNX (fused fp32) and dynamic int8 into the artifact, each checked against torch fp32.
 
-Every backend is scored on the artifact's dev set: texts/s, accuracy, and argmax agreement with torch
+Every backend (the torch ones too: bf16 where the CPU has it, and int8, which needs no file) is scored on the artifact's dev set: texts/s, accuracy, and argmax agreement with torch
 fp32. The results go into ``bertclf.json`` under ``backends``; ``--backend auto`` picks the fastest one
-that was accepted. An int8 model losing more than 0.5 point of dev accuracy is refused (``force`` keeps
-the file but marks it not accepted, so ``auto`` still never picks it).
+that was accepted. Any backend losing more than 0.5 point of dev accuracy is marked not accepted, so ``auto``
+never picks it; an ONNX int8 file doing so is refused (``force`` keeps it, still not accepted).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def dev_set(record: dict, dev_file: str | None) -> tuple[list[str], list]:
 def _score(clf: TextClassifier, logits_fn, encoded, targets: np.ndarray, reference: np.ndarray | None) -> tuple[dict, np.ndarray]:
     multilabel = clf.task_ == "multilabel"
     start = time.perf_counter()
-    logits_fn(encoded)  # warm-up: first calls allocate and pick kernels (and compile, for the compiled backend)
+    logits_fn(encoded)  # warm-up: first calls allocate and pick kernels (and compile, for the compiled backends)
     first_call_s = time.perf_counter() - start
     start = time.perf_counter()
     decided = decide(encoded.pool(logits_fn(encoded)), multilabel, clf.thresholds_)
@@ -111,7 +111,8 @@ def export(model_dir: str, int8: bool = False, force: bool = False, dev_file: st
     pad = clf.tokenizer_.pad_token_id
 
     results, reference = {}, None
-    candidates = ["torch"] + (["torch-bf16", backends.COMPILED] if cpu_has_native_bf16() else [])
+    bf16 = ["torch-bf16", "torch-bf16-compiled"] if cpu_has_native_bf16() else []
+    candidates = ["torch", *bf16, "torch-int8", "torch-int8-compiled"]  # the torch-int8 ones need no file
     for name in candidates:
         results[name], decided = _score(clf, backends.make(name, None, clf.model_, pad), encoded, targets, reference)
         reference = decided if reference is None else reference
