@@ -62,8 +62,6 @@ def torch_logits(model: torch.nn.Module, pad_id: int, bf16: bool = False, progre
         if device_type() != "cpu":
             raise BertclfError("backend torch-int8 runs on the CPU; on a GPU use torch or torch-bf16")
         model = int8_copy(model)
-        if compiled:  # inductor fuses eager attention's mask, softmax and products: 1.08x over SDPA's kernel here
-            model.set_attn_implementation("eager")
     if compiled:
         model = torch.compile(model, dynamic=True, options={"freezing": True})
 
