@@ -272,8 +272,7 @@ class TextClassifier:
 
         ``backend``: torch, torch-bf16, torch-int8, torch-bf16-compiled, torch-int8-compiled, onnx, onnx-int8 (the
         last two after ``bertclf export``) or auto, the fastest one whose accuracy export checked (never a compiled
-        one). ``threads``: CPU threads for
-        inference (default: all cores).
+        one). ``threads``: CPU threads for inference (default: all cores).
         """
         record = artifact.read_record(path)
         tokenizer, model = load_classifier(path)

@@ -1,8 +1,8 @@
 """Stage 8 — export: ONNX (fused fp32) and dynamic int8 into the artifact, each checked against torch fp32.
 
-Every backend (the torch ones too: bf16 where the CPU has it, and int8, which needs no file) is scored on the artifact's dev set: texts/s, accuracy, and argmax agreement with torch
-fp32. The results go into ``bertclf.json`` under ``backends``; ``--backend auto`` picks the fastest one
-that was accepted. Any backend losing more than 0.5 point of dev accuracy is marked not accepted, so ``auto``
+Every backend (the torch ones too: bf16 where the CPU has it, and int8, which needs no file) is scored on
+the artifact's dev set: texts/s, accuracy, and argmax agreement with torch fp32. The results go into
+``bertclf.json`` under ``backends``; ``--backend auto`` picks the fastest one that was accepted. Any backend losing more than 0.5 point of dev accuracy is marked not accepted, so ``auto``
 never picks it; an ONNX int8 file doing so is refused (``force`` keeps it, still not accepted).
 """
 

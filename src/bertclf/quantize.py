@@ -86,6 +86,6 @@ def int8_copy(model: torch.nn.Module) -> torch.nn.Module:
         if id(parent) in keep:
             continue
         for name, child in list(parent.named_children()):
-            if isinstance(child, torch.nn.Linear) and id(child) not in keep:
+            if isinstance(child, torch.nn.Linear):
                 setattr(parent, name, Int8Linear(child))
     return quantized
