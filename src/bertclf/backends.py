@@ -32,7 +32,7 @@ Logits = Callable[[Encoded], np.ndarray]
 def choose(record: dict, requested: str, onnx_first: bool = False) -> str:
     """``auto``: the fastest recorded backend that passed its accuracy check; torch when none was checked.
 
-    Never a compiled backend: export times them after their first call, which compiles for 15-30 s. On this
+    Never a compiled backend: export times them after their first call, which compiles for 13-27 s here. On this
     project's 2-core benchmark torch-bf16-compiled scored SST-2 sentences only 1.11x faster than eager bf16
     (IMDB reviews 1.02x) after a 21 s compile, and a whole 'bertclf predict' of 200,000 sentences ran slower
     with it (683 vs 709 texts/s) and peaked 81 MiB higher. They stay available by name.

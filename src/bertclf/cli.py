@@ -197,7 +197,7 @@ def _add_backend_flags(p: argparse.ArgumentParser) -> None:
                    choices=("auto", "torch", "torch-bf16", "torch-int8", "torch-bf16-compiled", "torch-int8-compiled",
                             "onnx", "onnx-int8"),
                    help="inference engine; auto: the fastest one 'bertclf export' checked on the dev set, else torch "
-                        "(never a *-compiled one: they compile for 15-30 s on their first call)")
+                        "(never a *-compiled one: they compile for 13-27 s on their first call here)")
     p.add_argument("--threads", type=int, help="CPU threads for inference (default: all cores)")
 
 
