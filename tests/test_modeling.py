@@ -146,3 +146,33 @@ def test_resident_embedding_grad_equals_torchs_over_accumulation_and_zero_grad(t
     assert torch.all(got[1][9] == 0)  # batch 0's rows were cleared by zero_grad, as torch's fresh gradient has them
     with resident_embedding_grad(model, enabled=False):
         assert type(embedding) is torch.nn.Embedding
+
+
+def test_label_priors_start_each_sigmoid_at_its_label_frequency(tiny_model_dir):
+    from bertclf.modeling import init_label_priors, load_classifier, load_tokenizer
+
+    _, model = load_classifier(tiny_model_dir, ["a", "b", "never"], multilabel=True)
+    targets = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 0], [1, 0, 0]], dtype=torch.float32)
+    assert init_label_priors(model, targets)
+    bias = model.classifier.bias.detach()
+    assert torch.allclose(torch.sigmoid(bias[:2]), torch.tensor([0.75, 0.25]))
+    assert torch.isfinite(bias[2]) and torch.sigmoid(bias[2]) == pytest.approx(0.5 / 4)  # never seen: finite, small
+    batch = load_tokenizer(tiny_model_dir)(["a first text", "and another one"], padding=True, return_tensors="pt")
+    with torch.no_grad():  # the new head's weights are small: a forward pass starts at the frequencies too
+        start = torch.sigmoid(model.eval()(**batch).logits).mean(dim=0)
+    assert torch.allclose(start[:2], torch.tensor([0.75, 0.25]), atol=0.05)
+
+
+def test_label_priors_find_a_two_layer_head_and_leave_an_unknown_one_alone():
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    config = RobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=64, num_labels=3)
+    model = RobertaForSequenceClassification(config)  # head: dense (32 -> 32), then out_proj (32 -> 3)
+    from bertclf.modeling import init_label_priors
+
+    assert init_label_priors(model, torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
+    assert torch.allclose(torch.sigmoid(model.classifier.out_proj.bias.detach()), torch.tensor([0.5, 0.25, 0.5]))
+    before = model.classifier.dense.bias.detach().clone()
+    assert not init_label_priors(model, torch.ones(2, 5))  # no output layer of 5 labels: nothing is changed
+    assert torch.equal(model.classifier.dense.bias.detach(), before)

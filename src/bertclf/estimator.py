@@ -22,8 +22,8 @@ from .checkpoints import Checkpointing
 from .data import check_classes, check_known_labels, content_sha256, infer_task, label_counts
 from .errors import BertclfError
 from .metrics import check_metric, compute, headline, tune_thresholds
-from .modeling import (DEFAULT_MODEL, cheap_dropout, device_type, is_main_process, load_classifier, process_state,
-                       resident_embedding_grad, resolve_model, training_attention)
+from .modeling import (DEFAULT_MODEL, cheap_dropout, device_type, init_label_priors, is_main_process, load_classifier,
+                       process_state, resident_embedding_grad, resolve_model, training_attention)
 from .predict import decide, predict_logits, probabilities
 
 
@@ -133,6 +133,9 @@ class TextClassifier:
             self._say(f"{how} {self.max_length} tokens: {self.truncated_['train']} train and "
                       f"{self.truncated_['dev']} dev texts{hint}")
         train_targets = self._targets(train_labels)
+        if multilabel and not init_label_priors(model, train_targets):
+            self._say("could not find the model's output layer: its label biases start at zero, not at the label "
+                      "frequencies (multi-label training may learn slowly)")
         if train_encoded.text_of is not None:  # every window learns its text's label
             train_targets = train_targets[torch.from_numpy(train_encoded.text_of)]
 
