@@ -113,12 +113,13 @@ def dataset_rows(name: str, variant: str, seeds: list[int], model: str | None, w
     base = [sys.executable, "-m", "bertclf", "train", train, "--test", str(folder / "test.csv")]
     if (folder / "dev.csv").exists():
         base += ["--dev", str(folder / "dev.csv")]
-    base += spec.get("flags", []) + (["--model", model] if model else []) + (["--epochs", "1"] if quick else [])
+    base += spec.get("flags", []) + (["--model", model] if model else [])
     rows = []
     runs = []
     for seed in seeds:
         out = work / f"{name}{'-' + variant.replace(' ', '-') if variant else ''}-seed{seed}"
-        command = [*base, *flags, "--seed", str(seed), "--output", str(out), "--overwrite", "--quiet"]
+        quick_epochs = ["--epochs", "1"] if quick else []  # after the variant's flags: a smoke run is 1 epoch whatever they say
+        command = [*base, *flags, *quick_epochs, "--seed", str(seed), "--output", str(out), "--overwrite", "--quiet"]
         print(f"{name} {variant or 'defaults'} seed {seed} ...", file=sys.stderr, flush=True)
         record, seconds, rss = run_once(command, reuse)
         runs.append({"record": record, "seconds": seconds, "rss": rss})
