@@ -245,6 +245,7 @@ def test_default_epochs_follow_the_data_size(tiny_model_dir):
     assert default_epochs(67_349, 32) == 3  # GLUE SST-2: 2,105 steps an epoch already
     assert default_epochs(8_002, 32) == 8  # Banking77 after the 20% dev split: 251 steps an epoch
     assert default_epochs(8_002, 16) == 4 and default_epochs(100, 32) == 10
+    assert default_epochs(43_410, 32, multilabel=True) == 5 and default_epochs(100, 32, multilabel=True) == 10
     train = subset("sst2_sentences", "train", 40, seed=3)
     params = {**FAST, "epochs": None, "batch_size": 16, "val_fraction": 0, "patience": 0}
     clf = TextClassifier(model=tiny_model_dir, **params).fit(train.text.tolist(), train.label.tolist())

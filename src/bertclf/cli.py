@@ -70,7 +70,7 @@ def _train_parser(sub) -> None:
                    help=f"auto: lists or --label-sep in labels → multilabel, 2 classes → binary (default: {defaults['task']})")
     hyper = {
         "max_length": (int, "tokens per text incl. special tokens; longer texts are truncated and counted"),
-        "epochs": (int, f"training epochs; default: from the data, enough for {MIN_STEPS:,} optimizer steps, 3 to 10 "
+        "epochs": (int, f"training epochs; default: from the data, enough for {MIN_STEPS:,} optimizer steps, 3 (multi-label 5) to 10 "
                         "(--patience stops earlier)"),
         "batch_size": (int, "texts per optimizer step (times --grad-accum)"),
         "batch_tokens": (int, "cap on padded tokens (texts x longest) per step, at least --max-length: batches of long "

@@ -164,7 +164,7 @@ def tune(
     # The defaults trial trains as `bertclf train` would: epochs derived from the rows it trains on (without a
     # dev file, holdout_split's train_test_split holds out ceil(fraction x rows)).
     rows = len(train_texts) if dev is not None else len(train_texts) - math.ceil(len(train_texts) * defaults["val_fraction"])
-    defaults["epochs"] = defaults["epochs"] or default_epochs(rows, defaults["batch_size"] * defaults["grad_accum"])
+    defaults["epochs"] = defaults["epochs"] or default_epochs(rows, defaults["batch_size"] * defaults["grad_accum"], multilabel)
     space = default_space(defaults, p99_tokens, max(counts.values()) / min(counts.values()), tokenizer.model_max_length)
     if space_file:
         space = load_space(space_file, space)
