@@ -252,3 +252,48 @@ def test_default_epochs_follow_the_data_size(tiny_model_dir):
     assert clf.training_["epochs"] == 10 and len(clf.history_) == 10  # 3 steps an epoch: the cap
     explicit = TextClassifier(model=tiny_model_dir, **{**params, "epochs": 2}).fit(train.text.tolist(), train.label.tolist())
     assert explicit.training_["epochs"] == 2 and len(explicit.history_) == 2
+
+
+def test_refit_trains_again_on_train_plus_dev_for_the_best_epoch_count(tiny_model_dir):
+    train, dev = subset("trec", "train", 160, seed=4), subset("trec", "train", 48, seed=9)
+    texts, labels = train.text.tolist(), train.label.tolist()
+    eval_set = (dev.text.tolist(), dev.label.tolist())
+    params = {**FAST, "epochs": 3, "patience": 0}
+    selected = TextClassifier(model=tiny_model_dir, **params).fit(texts, labels, eval_set=eval_set)
+    refit = TextClassifier(model=tiny_model_dir, refit=True, **params).fit(texts, labels, eval_set=eval_set)
+    # The selection run is the same run; its dev scores stay the record (dev texts became training data).
+    scores = [[(r["train_loss"], r["dev"]) for r in clf.history_] for clf in (refit, selected)]
+    assert scores[0] == scores[1] and refit.best_epoch_ == selected.best_epoch_
+    assert refit.metrics_["dev"] == selected.metrics_["dev"]
+    rows = len(train) + len(dev)
+    assert refit.refit_["rows"] == rows and refit.refit_["epochs"] == selected.best_epoch_
+    assert len(refit.refit_["history"]) == selected.best_epoch_ and refit.data_["train"]["rows_used"] == rows
+    # The saved model is a plain run on train + dev for that many epochs, not the selected one.
+    plain = TextClassifier(model=tiny_model_dir, **{**params, "epochs": selected.best_epoch_, "val_fraction": 0})
+    plain.fit(texts + eval_set[0], labels + eval_set[1])
+    probe = subset("trec", "test", 30).text.tolist()
+    assert np.allclose(refit.predict_proba(probe), plain.predict_proba(probe), atol=1e-6)
+    assert not np.allclose(refit.predict_proba(probe), selected.predict_proba(probe), atol=1e-3)
+
+
+def test_refit_needs_a_dev_set_and_is_recorded_by_the_cli(tmp_path, write, tiny_model_dir, capsys):
+    texts, labels = subset("trec", "train", 40).text.tolist(), subset("trec", "train", 40).label.tolist()
+    with pytest.raises(BertclfError, match="--refit needs a dev set"):
+        TextClassifier(model=tiny_model_dir, refit=True, val_fraction=0, **FAST).fit(texts, labels)
+    frame = subset("trec", "train", 200)
+    train = write("train.csv", frame)
+    test = write("test.csv", subset("trec", "test", 40, seed=1))
+    model = tmp_path / "refit-model"
+    assert main(["train", train, "--test", test, "-o", str(model), "--model", tiny_model_dir, "--epochs", "2",
+                 "--lr", "1e-3", "--max-length", "48", "--refit", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"refit on {len(frame)} train + dev texts for" in out
+    record = json.load(open(model / "bertclf.json"))
+    assert record["params"]["refit"] is True and record["refit"]["rows"] == len(frame)
+    assert record["data"]["train"]["rows_used"] == len(frame) and record["data"]["dev"]["rows"] == round(0.2 * len(frame))
+    loaded = TextClassifier.load(str(model))
+    assert loaded.refit_ == record["refit"]
+    capsys.readouterr()
+    assert main(["info", str(model)]) == 0 and f"refit       on {len(frame)} train + dev texts" in capsys.readouterr().out
+    assert loaded.evaluate(*[subset("trec", "test", 40, seed=1)[c].tolist() for c in ("text", "label")])["accuracy"] \
+        == pytest.approx(record["metrics"]["test"]["accuracy"])

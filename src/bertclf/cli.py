@@ -98,6 +98,11 @@ def _train_parser(sub) -> None:
     p.add_argument("--tune-thresholds", action=argparse.BooleanOptionalAction, default=None,
                    help="multi-label: per-label decision thresholds that maximise dev F1, stored in the model "
                         "(default: on; --no-tune-thresholds keeps 0.5)")
+    p.add_argument("--refit", action="store_true", default=None,
+                   help="after the dev set picks the best epoch, train again from the pretrained weights on train + "
+                        "dev for that many epochs (about twice the time; the model learns from every labelled text, "
+                        "most useful where the dev set is held out of a small training file). Dev metrics and "
+                        "thresholds stay those of the selection run")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
                    help="auto: bf16 on CPUs/GPUs that have it, fp16 on older GPUs, else fp32 (default: auto)")
     p.add_argument("--compile", action="store_true", default=None,
@@ -173,6 +178,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     t = clf.training_
     print(f"best epoch {clf.best_epoch_} of {len(clf.history_)}; trained {t['seconds']:.0f} s at "
           f"{t['samples_per_s']:.0f} samples/s ({clf.precision_}, {t['device']}, {t['threads']} threads)")
+    if clf.refit_:
+        r = clf.refit_
+        print(f"refit on {r['rows']} train + dev texts for {r['epochs']} epochs in {r['seconds']:.0f} s: the saved model "
+              "(dev metrics above are the selection run's; test scores the saved model)")
     print(f"saved model to {path}")
     return 0
 
@@ -574,6 +583,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"labels      {', '.join(f'{c} ({counts[c]})' if c in counts else c for c in record['classes'])}")
     print(f"base model  {record['base_model']}")
     print(f"precision   {record['precision']}; best epoch {record['best_epoch']} of {len(record['history'])}")
+    if record.get("refit"):
+        print(f"refit       on {record['refit']['rows']} train + dev texts for {record['refit']['epochs']} epochs: "
+              "the saved weights (dev metrics are the selection run's)")
     for split, source in record["data"].items():
         fingerprint = f" sha256 {source['sha256'][:16]}…" if source.get("sha256") else ""
         where = source.get("path") or source.get("split", "")

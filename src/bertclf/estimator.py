@@ -23,7 +23,7 @@ from .data import check_classes, check_known_labels, content_sha256, infer_task,
 from .errors import BertclfError
 from .metrics import check_metric, compute, headline, tune_thresholds
 from .modeling import (DEFAULT_MODEL, cheap_dropout, device_type, init_label_priors, is_main_process, load_classifier,
-                       process_state, resident_embedding_grad, resolve_model, training_attention)
+                       load_tokenizer, process_state, resident_embedding_grad, resolve_model, training_attention)
 from .predict import decide, predict_logits, probabilities
 
 
@@ -50,6 +50,7 @@ class TextClassifier:
     class_weight: str = "none"  # none | balanced: weight the loss by inverse class (label) frequency
     long_texts: str = "truncate"  # truncate | chunks: split longer texts into overlapping windows, mean of their logits
     tune_thresholds: bool = True  # multi-label with a dev set: per-label thresholds that maximise dev F1 (else 0.5)
+    refit: bool = False  # after dev picks the best epoch, train again from the pretrained weights on train + dev
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     compile: bool = False  # torch.compile the model: faster steps after a one-off compile of about a minute
     verbose: bool = True
@@ -83,8 +84,6 @@ class TextClassifier:
         ``checkpointing`` saves resumable checkpoints and, with ``resume_from``, continues from one.
         ``on_epoch`` is called with each epoch's record (train loss, dev metrics); raising in it stops training.
         """
-        from accelerate.utils import set_seed
-
         self._check_params()
         texts = _checked_texts(texts, "training texts")
         if len(labels) != len(texts):
@@ -111,19 +110,15 @@ class TextClassifier:
             self._say(f"no dev set given: holding out a {how} {self.val_fraction:.0%} of the training data (seed {self.seed})")
         else:
             train_texts, train_labels, dev_texts, dev_labels = texts, labels, None, None
+        if self.refit and dev_texts is None:
+            raise BertclfError("--refit needs a dev set to pick the epoch count; pass --dev or a --val-fraction above 0")
 
-        set_seed(self.seed)  # before the head is created, so its initial weights are reproducible
         source = resolve_model(self.model)
-        tokenizer, model = load_classifier(source, self.classes_, multilabel)
+        tokenizer = load_tokenizer(source)
         if self.max_length > tokenizer.model_max_length:
             raise BertclfError(
                 f"--max-length {self.max_length} exceeds the model's limit of {tokenizer.model_max_length} tokens"
             )
-        self.lr_ = self.lr or default_lr(model.config)
-        self._say(f"model {self.model or DEFAULT_MODEL}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
-                  f"task {self.task_}, {len(self.classes_)} classes, lr {self.lr_:g}, {len(train_texts)} train / "
-                  f"{len(dev_texts) if dev_texts else 0} dev texts")
-
         train_encoded = self._encode_with(tokenizer, train_texts, cache=True)
         dev_encoded = self._encode_with(tokenizer, dev_texts, cache=True) if dev_texts else None
         self.truncated_ = {"train": train_encoded.truncated, "dev": dev_encoded.truncated if dev_encoded else 0}
@@ -132,6 +127,75 @@ class TextClassifier:
             hint = "" if self.long_texts == "chunks" else " (raise --max-length, or --long-texts chunks, to keep more)"
             self._say(f"{how} {self.max_length} tokens: {self.truncated_['train']} train and "
                       f"{self.truncated_['dev']} dev texts{hint}")
+
+        result, record = self._train_run(
+            source, tokenizer, train_encoded, train_labels, dev_encoded, dev_labels, self.epochs,
+            checkpointing=checkpointing, on_epoch=on_epoch,
+            fingerprint={
+                **{k: v for k, v in self.get_params().items() if k not in ("verbose", "refit")},
+                "train data": content_sha256(train_texts, train_labels),
+                "dev data": content_sha256(dev_texts, dev_labels) if dev_texts else None,
+            },
+        )
+        tokenizer.model_max_length = self.max_length  # the artifact's tokenizer truncates as training did
+        self.model_, self.tokenizer_ = result.model, tokenizer
+        self.backend_, self._backend_logits = "torch", None
+        self.thresholds_ = [0.5] * len(self.classes_) if multilabel else None
+        self.precision_ = result.precision
+        self.history_, self.best_epoch_ = result.history, result.best_epoch
+        self.training_ = record
+        self.data_ = {
+            "train": {
+                **data_info.get("train", {"rows": len(texts), "sha256": content_sha256(texts, labels)}),
+                "rows_used": len(train_texts),  # after the dev split, if one was held out
+                "label_counts": dict(sorted(label_counts(train_labels, multilabel).items())),
+            }
+        }
+        if dev_texts:
+            self.data_["dev"] = {"rows": len(dev_texts), **data_info.get("dev", {})}
+        # Final dev metrics come from the saved fp32 weights through the same path as predict().
+        self.metrics_ = {}
+        if dev_texts:
+            dev_logits, dev_targets = self._forward(dev_encoded), self._targets(dev_labels).numpy()
+            if multilabel and self.tune_thresholds:
+                self.thresholds_ = tune_thresholds(probabilities(dev_logits, True), dev_targets)
+            self.metrics_["dev"] = self._scores(dev_logits, dev_targets)
+        self.refit_ = None
+        if self.refit:
+            self._refit(source, train_texts + dev_texts, train_labels + dev_labels)
+        return self
+
+    def _refit(self, source: str, texts: list[str], labels: list) -> None:
+        """Replace the selected model with one trained from the pretrained weights on ``texts`` (train + dev) for
+        the selected number of epochs. Dev metrics and thresholds stay those of the selection run: the dev texts
+        are now training data, so they can no longer score the model; the test set still scores it honestly."""
+        epochs = self.best_epoch_
+        self._say(f"refit: training again from {self.model or DEFAULT_MODEL} on all {len(texts)} train + dev texts "
+                  f"for the best epoch count, {epochs}")
+        self.model_ = None  # the selected model's memory back before the second one is built
+        encoded = self._encode_with(self.tokenizer_, texts, cache=True)
+        result, record = self._train_run(source, self.tokenizer_, encoded, labels, None, None, epochs)
+        self.model_ = result.model
+        self.refit_ = {"rows": len(texts), "history": result.history, **record}
+        self.data_["train"]["rows_used"] = len(texts)
+
+    def _train_run(self, source: str, tokenizer, train_encoded: Encoded, train_labels: list, dev_encoded: Encoded | None,
+                   dev_labels: list | None, epochs: int | None, *, checkpointing: Checkpointing | None = None,
+                   on_epoch: Callable[[dict], None] | None = None, fingerprint: dict | None = None) -> tuple:
+        """One training run from the pretrained weights and a freshly seeded head: the loop of :mod:`train`
+        with this estimator's settings, keeping the best epoch on ``dev_encoded`` (the last without one).
+        Returns the loop's result and the run's settings and speed, as the artifact records them."""
+        from accelerate.utils import set_seed
+
+        from .train import train
+
+        multilabel = self.task_ == "multilabel"
+        set_seed(self.seed)  # before the head is created, so its initial weights are reproducible
+        model = load_classifier(source, self.classes_, multilabel)[1]
+        self.lr_ = self.lr or default_lr(model.config)
+        self._say(f"model {self.model or DEFAULT_MODEL}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+                  f"task {self.task_}, {len(self.classes_)} classes, lr {self.lr_:g}, {len(train_labels)} train / "
+                  f"{len(dev_labels) if dev_labels else 0} dev texts")
         train_targets = self._targets(train_labels)
         if multilabel and not init_label_priors(model, train_targets):
             self._say("could not find the model's output layer: its label biases start at zero, not at the label "
@@ -143,11 +207,9 @@ class TextClassifier:
             batch_tokens = default_batch_tokens(train_encoded.lengths, self.batch_size)
         else:
             batch_tokens = self.batch_tokens or None  # 0: no cap
-        epochs = self.epochs or default_epochs(len(train_encoded.input_ids), self.batch_size * self.grad_accum, multilabel)
-        if not self.epochs:
+        if not epochs:
+            epochs = default_epochs(len(train_encoded.input_ids), self.batch_size * self.grad_accum, multilabel)
             self._say(f"{epochs} epochs for {len(train_encoded.input_ids)} training examples (--epochs sets them)")
-
-        from .train import train
 
         attention = training_attention(device_type())
         model.set_attn_implementation(attention)
@@ -170,20 +232,10 @@ class TextClassifier:
                 checkpointing=checkpointing,
                 class_weights=self._class_weights(train_labels),
                 on_epoch=on_epoch,
-                fingerprint={
-                    **{k: v for k, v in self.get_params().items() if k != "verbose"},
-                    "train data": content_sha256(train_texts, train_labels),
-                    "dev data": content_sha256(dev_texts, dev_labels) if dev_texts else None,
-                },
+                fingerprint=fingerprint,
             )
-        tokenizer.model_max_length = self.max_length  # the artifact's tokenizer truncates as training did
         result.model.set_attn_implementation("sdpa")  # the transformers default, for prediction and the artifact
-        self.model_, self.tokenizer_ = result.model, tokenizer
-        self.backend_, self._backend_logits = "torch", None
-        self.thresholds_ = [0.5] * len(self.classes_) if multilabel else None
-        self.precision_ = result.precision
-        self.history_, self.best_epoch_ = result.history, result.best_epoch
-        self.training_ = {
+        return result, {
             "lr": self.lr_,
             "epochs": epochs,
             "batch_tokens": batch_tokens,
@@ -194,23 +246,6 @@ class TextClassifier:
             "attention": attention,
             "threads": torch.get_num_threads(),
         }
-        self.data_ = {
-            "train": {
-                **data_info.get("train", {"rows": len(texts), "sha256": content_sha256(texts, labels)}),
-                "rows_used": len(train_texts),  # after the dev split, if one was held out
-                "label_counts": dict(sorted(label_counts(train_labels, multilabel).items())),
-            }
-        }
-        if dev_texts:
-            self.data_["dev"] = {"rows": len(dev_texts), **data_info.get("dev", {})}
-        # Final dev metrics come from the saved fp32 weights through the same path as predict().
-        self.metrics_ = {}
-        if dev_texts:
-            dev_logits, dev_targets = self._forward(dev_encoded), self._targets(dev_labels).numpy()
-            if multilabel and self.tune_thresholds:
-                self.thresholds_ = tune_thresholds(probabilities(dev_logits, True), dev_targets)
-            self.metrics_["dev"] = self._scores(dev_logits, dev_targets)
-        return self
 
     # ------------------------------------------------------------------ predict
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
@@ -258,6 +293,7 @@ class TextClassifier:
             "history": self.history_,
             "best_epoch": self.best_epoch_,
             "training": self.training_,
+            "refit": self.refit_,
             "metrics": self.metrics_,
             **(extra or {}),
         }
@@ -289,6 +325,7 @@ class TextClassifier:
         clf.precision_, clf.data_, clf.truncated_ = record["precision"], record["data"], record["truncated"]
         clf.history_, clf.best_epoch_ = record["history"], record["best_epoch"]
         clf.training_, clf.metrics_ = record["training"], record["metrics"]
+        clf.refit_ = record.get("refit")  # absent from artifacts written before refit existed
         clf.backend_ = backends.choose(record, backend)
         clf._backend_logits = backends.make(clf.backend_, path, clf.model_, tokenizer.pad_token_id, threads)
         return clf

@@ -73,8 +73,10 @@ def _check_local_model_dir(path: str) -> None:
 
 
 def load_tokenizer(source: str):
+    """The model's own tokenizer; a local directory that is no model directory is refused first, clearly."""
     from transformers import AutoTokenizer
 
+    _check_local_model_dir(source)
     try:
         return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as err:
@@ -85,7 +87,7 @@ def load_classifier(source: str, classes: Sequence[str] | None = None, multilabe
     """Tokenizer and sequence-classification model; with ``classes``, a new head with real label names."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    _check_local_model_dir(source)
+    tokenizer = load_tokenizer(source)  # checks a local directory first
     try:
         if classes is None:
             config = AutoConfig.from_pretrained(source)
@@ -103,7 +105,7 @@ def load_classifier(source: str, classes: Sequence[str] | None = None, multilabe
             f"{source}: not a loadable model ({_first_line(err)}); pass a local model directory "
             "or a Hugging Face id (needs network access)"
         ) from None
-    return load_tokenizer(source), model
+    return tokenizer, model
 
 
 def init_label_priors(model: torch.nn.Module, targets: torch.Tensor) -> bool:
