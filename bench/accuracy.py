@@ -159,7 +159,7 @@ def markdown(rows: list[dict]) -> str:
     lines = ["# Accuracy on real datasets", "",
              "`bertclf train` with its defaults unless the variant says otherwise, MiniLM-L6 (all-MiniLM-L6-v2), this "
              f"machine's {os.cpu_count()} CPU cores. Best epoch picked on dev (or on the seeded 20% split of train where a "
-             "dataset has no dev file); test scored once. Without `--epochs`, bertclf derives them from the training set's "
+             "dataset has no dev file); test scored once. The refit variant (`--refit`) then trains again from the pretrained weights on train + dev for the best epoch count and scores that model. Without `--epochs`, bertclf derives them from the training set's "
              "size (enough for 2,000 optimizer steps, 3 to 10; patience 2): the epochs column shows what each run used. "
              "Mean ± std over the seeds listed; wall time and samples/s are per run (mean), peak RSS the largest of the runs.", "",
              "| dataset | variant | split (rows) | metric | ours mean ± std | seeds | target | published | train rows | epochs (best) | wall s | samples/s | peak RSS MiB |",
