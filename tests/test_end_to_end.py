@@ -277,12 +277,13 @@ def test_refit_trains_again_on_train_plus_dev_for_the_best_epoch_count(tiny_mode
 
 
 def test_refit_needs_a_dev_set_and_is_recorded_by_the_cli(tmp_path, write, tiny_model_dir, capsys):
-    texts, labels = subset("trec", "train", 40).text.tolist(), subset("trec", "train", 40).label.tolist()
+    small = subset("trec", "train", 40)
     with pytest.raises(BertclfError, match="--refit needs a dev set"):
-        TextClassifier(model=tiny_model_dir, refit=True, val_fraction=0, **FAST).fit(texts, labels)
+        TextClassifier(model=tiny_model_dir, refit=True, val_fraction=0, **FAST).fit(small.text.tolist(), small.label.tolist())
     frame = subset("trec", "train", 200)
     train = write("train.csv", frame)
-    test = write("test.csv", subset("trec", "test", 40, seed=1))
+    test_frame = subset("trec", "test", 40, seed=1)
+    test = write("test.csv", test_frame)
     model = tmp_path / "refit-model"
     assert main(["train", train, "--test", test, "-o", str(model), "--model", tiny_model_dir, "--epochs", "2",
                  "--lr", "1e-3", "--max-length", "48", "--refit", "--quiet"]) == 0
@@ -295,5 +296,5 @@ def test_refit_needs_a_dev_set_and_is_recorded_by_the_cli(tmp_path, write, tiny_
     assert loaded.refit_ == record["refit"]
     capsys.readouterr()
     assert main(["info", str(model)]) == 0 and f"refit       on {len(frame)} train + dev texts" in capsys.readouterr().out
-    assert loaded.evaluate(*[subset("trec", "test", 40, seed=1)[c].tolist() for c in ("text", "label")])["accuracy"] \
+    assert loaded.evaluate(test_frame.text.tolist(), test_frame.label.tolist())["accuracy"] \
         == pytest.approx(record["metrics"]["test"]["accuracy"])
