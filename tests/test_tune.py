@@ -31,6 +31,16 @@ def tune_args(tmp_path, write, tiny_model_dir):
             "out": str(tmp_path / "study")}
 
 
+def test_default_space_searches_class_weighting_only_for_imbalanced_single_label_data():
+    from bertclf.tune import default_space
+
+    defaults = {"lr": 1e-4, "epochs": 3}
+    assert default_space(defaults, 40, 9.4, 512, multilabel=False)["class_weight"] == ["none", "balanced"]
+    assert "class_weight" not in default_space(defaults, 40, 1.2, 512, multilabel=False)
+    assert "class_weight" not in default_space(defaults, 40, 185.0, 512, multilabel=True)
+    assert "max_length" not in default_space(defaults, 40, 1.0, 512, multilabel=False)  # no text is cut at 128
+
+
 def command(a: dict, trials: int) -> list[str]:
     return ["tune", a["train"], "--dev", a["dev"], "--test", a["test"], "--output", a["out"], "--trials", str(trials),
             "--space", a["space"], "--config", a["config"], "--model", a["model"], "--quiet"]

@@ -116,7 +116,7 @@ def init_label_priors(model: torch.nn.Module, targets: torch.Tensor) -> bool:
     logits down together; the encoder does not recover from that phase in a short run. On a 12,000-text sample,
     dev macro-F1 with tuned thresholds was 0.080 after 2 epochs from zero biases in a plain transformers loop and
     0.101 after 3 in bertclf, 0.369 after 2 with these biases; a BCE summed over labels instead of averaged stayed
-    at 0.105 (bench/label_priors.py compares the two initialisations).
+    at 0.105 (bench/multilabel_pilot.py compares the two initialisations).
     Returns False, changing nothing, where the head has no single output layer with a bias to set.
     """
     prefix = model.base_model_prefix
