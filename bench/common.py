@@ -49,23 +49,38 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
-def matmul_ceiling_gflops(dtype_name: str, n: int = 2048, repeats: int = 5) -> float:
-    """Measured GFLOP/s (GOP/s for int8) of a large square matmul: what this CPU can do at best in that precision."""
+def matmul_ceiling_gflops(dtype_name: str, n: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
+    """Measured GFLOP/s (GOP/s for int8) of a large square matmul: what this CPU (or GPU) can do at best in that
+    precision. On a GPU the products are 8192 wide, repeated 20 times and timed up to a synchronize."""
     import torch
 
+    if device == "cuda":
+        n, repeats = 8192, 20
     if dtype_name == "int8":  # int8 x int8 -> int32, the product the int8 backends run
-        a, b = (torch.randint(-127, 128, (n, n), dtype=torch.int8) for _ in range(2))
+        a, b = (torch.randint(-127, 128, (n, n), dtype=torch.int8, device=device) for _ in range(2))
         product = torch._int_mm
     else:
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+        a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
         product = torch.matmul
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(2):
         product(a, b)
+    sync()
     start = time.perf_counter()
     for _ in range(repeats):
         product(a, b)
+    sync()
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def hardware() -> str:
+    """What the numbers were measured on: the GPU's name where torch sees one, else the CPU core count."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"one {torch.cuda.get_device_name()} GPU (torch {torch.__version__})"
+    return f"this machine's {os.cpu_count()} CPU cores"
 
 
 def run_child(script: str, args: list[str]) -> dict:

@@ -11,28 +11,30 @@ Runs, each in its own process (so its peak RSS is its own):
   bertclf_tokens   the defaults with batch_tokens=1024 (Trainer's 8 x 128), batches of at most 32 rows
   bertclf_torch_dropout  the defaults with torch's own dropout (modules and attention probabilities) instead of
                    bertclf's cheap masks (what they save)
+  bertclf_fp32     the defaults with precision fp32 (on a GPU, where auto is bf16: which one trains faster)
 Dev accuracy is computed for every run with the same fp32 code path on the same dev texts.
 
     python bench/training.py                       # sst2_sentences and banking77, 3 epochs, lr 1e-4, the first four runs
     python bench/training.py --datasets sst2_sentences,banking77:3000   # NAME:N trains on a seeded N-row sample
     python bench/training.py --datasets sst2_sentences --runs hf_default,bertclf
-Writes docs/benchmarks/training.{json,md}; a dataset run again replaces its table, the others are kept.
+Writes docs/benchmarks/training.{json,md} (training-gpu.{json,md} where torch sees a CUDA GPU: both runs train
+there, Trainer as it does by default); a dataset run again replaces its table, the others are kept.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 
 import numpy as np
 
-from common import DOCS, load_split, matmul_ceiling_gflops, peak_rss_mb, run_child, write_results
+from common import DOCS, hardware, load_split, matmul_ceiling_gflops, peak_rss_mb, run_child, write_results
 
-RUNS = ("hf_default", "hf_dynamic", "bertclf", "bertclf_nocap", "bertclf_compile", "bertclf_tokens", "bertclf_torch_dropout")
+RUNS = ("hf_default", "hf_dynamic", "bertclf", "bertclf_nocap", "bertclf_compile", "bertclf_tokens", "bertclf_torch_dropout",
+        "bertclf_fp32")
 BATCH_TOKENS = 1024  # bertclf_tokens: Trainer's default batch in tokens (8 rows x 128)
 HF_MAX_LENGTH = 128  # run_classification.py's max_seq_length default
 
@@ -55,6 +57,7 @@ def dev_accuracy(model, tokenizer, texts: list[str], labels: list[str], classes:
 
 
 def hf_trainer(name: str, data: dict, classes: list[str], epochs: int, lr: float, seed: int) -> dict:
+    import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator, set_seed
 
     from bertclf.modeling import load_classifier, resolve_model
@@ -69,7 +72,8 @@ def hf_trainer(name: str, data: dict, classes: list[str], epochs: int, lr: float
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
             output_dir=out, per_device_train_batch_size=8, learning_rate=lr, num_train_epochs=epochs, seed=seed,
-            save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True,
+            save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True,
+            use_cpu=not torch.cuda.is_available(),
             train_sampling_strategy="random" if padded else "group_by_length",
         )
         trainer = Trainer(
@@ -98,6 +102,7 @@ def bertclf_run(name: str, data: dict, classes: list[str], epochs: int, lr: floa
         bertclf.estimator.cheap_dropout = lambda model, enabled: contextlib.nullcontext()
 
     clf = TextClassifier(epochs=epochs, lr=lr, seed=seed, verbose=False, compile=name == "bertclf_compile",
+                         precision="fp32" if name == "bertclf_fp32" else "auto",
                          batch_tokens={"bertclf_tokens": BATCH_TOKENS, "bertclf_nocap": 0}.get(name))
     clf.fit(*data["train"], eval_set=data["dev"])
     lengths = [len(ids) for ids in clf.tokenizer_(data["train"][0], truncation=True, max_length=clf.max_length)["input_ids"]]
@@ -142,9 +147,13 @@ def main() -> None:
         child(args.child, args.dataset, args.epochs, args.lr, args.seed, args.max_train)
         return
 
-    ceilings = {p: round(matmul_ceiling_gflops(p), 1) for p in ("fp32", "bf16")}
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    stem = "training-gpu" if device == "cuda" else "training"
+    ceilings = {p: round(matmul_ceiling_gflops(p, device=device), 1) for p in ("fp32", "bf16", *(["fp16"] if device == "cuda" else []))}
     command = "python bench/training.py " + " ".join(sys.argv[1:])
-    earlier = DOCS / "training.json"
+    earlier = DOCS / f"{stem}.json"
     kept = []
     if earlier.exists():  # other datasets' tables from earlier runs stay, each with its own command
         old = json.loads(earlier.read_text())
@@ -186,14 +195,14 @@ def main() -> None:
         done = {t["dataset"] for t in tables}
         every = [t for t in kept if t["dataset"] not in done] + tables
         payload = {**every[0], "other_datasets": every[1:]}
-        write_results("training", payload, markdown(every))
+        write_results(stem, payload, markdown(every))
 
 
 def markdown(tables: list[dict]) -> str:
     lines = [
         "# Training throughput",
         "",
-        f"MiniLM-L6 (all-MiniLM-L6-v2), this machine's {os.cpu_count()} CPU cores; every run of a table has the same data, "
+        f"MiniLM-L6 (all-MiniLM-L6-v2), {hardware()}; every run of a table has the same data, "
         "epochs, learning rate and seed. Useful GFLOP/s counts only the FLOPs real (unpadded) tokens need; the ceiling "
         "is a large matmul measured in the same run. Dev accuracy: the best epoch's, scored by the same fp32 code for every run.",
         "",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from bertclf.batching import LengthGroupedBatches, collate, default_batch_tokens, encode, token_budget_batches
 
@@ -144,3 +145,16 @@ def test_long_texts_split_into_overlapping_windows_and_pool_back(default_model_d
     pooled = enc.pool(logits)
     assert pooled.shape == (3, 2) and np.allclose(pooled[1], logits[enc.text_of == 1].mean(axis=0))
     assert np.allclose(pooled[[0, 2]], logits[[0, -1]])
+
+
+def test_tokenizers_that_drop_windows_are_refused(default_model_dir, monkeypatch):
+    import tokenizers
+    from transformers import AutoTokenizer
+
+    from bertclf import BertclfError
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    monkeypatch.setattr(tokenizers, "__version__", "0.23.2")
+    with pytest.raises(BertclfError, match="tokenizers>=0.23.3"):
+        encode(tokenizer, ["a long text"], 32, overlap=8)
+    assert encode(tokenizer, ["a long text"], 32).text_of is None  # truncation alone is unaffected

@@ -42,7 +42,8 @@ def test_export_records_each_backend_and_auto_picks_an_accepted_one(model_dir, c
         assert rows[name]["agreement"] >= 0.95 and (rows[name]["first_call_s"] > 0 or name not in backends.COMPILED)
 
 
-def test_auto_never_picks_a_compiled_backend_but_the_name_does():
+def test_auto_never_picks_a_compiled_backend_but_the_name_does(monkeypatch):
+    monkeypatch.setattr(backends, "device_type", lambda: "cpu")  # a GPU machine's auto is torch (test below)
     record = {"backends": {"torch": {"accepted": True, "texts_per_s": 100.0},
                            "onnx": {"accepted": True, "texts_per_s": 150.0},
                            "torch-int8": {"accepted": False, "texts_per_s": 200.0},
@@ -50,6 +51,14 @@ def test_auto_never_picks_a_compiled_backend_but_the_name_does():
     assert backends.choose(record, "auto") == "onnx"
     for name in backends.COMPILED:
         assert backends.choose(record, name) == name
+
+
+def test_on_a_gpu_machine_auto_is_torch_and_int8_and_onnx_stay_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(backends, "device_type", lambda: "cuda")
+    record = {"backends": {"onnx-int8": {"accepted": True, "texts_per_s": 500.0}}}
+    assert backends.choose(record, "auto") == "torch"  # export measured CPU speeds
+    assert [backends.device_for(n) for n in ("torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8")] == \
+        ["cuda", "cuda", "cpu", "cpu", "cpu"]
 
 
 def test_the_cli_offers_every_backend():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bertclf.modeling import CHEAP_EAGER_ATTENTION, CheapDropout, cheap_dropout
+from bertclf.modeling import CHEAP_EAGER_ATTENTION, CheapDropout, cheap_dropout, device_type, training_attention
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -95,7 +95,8 @@ def test_a_fitted_model_keeps_plain_dropout_and_sdpa(sst_binary):
     kinds = {type(m) for m in clf.model_.modules() if isinstance(m, torch.nn.Dropout)}
     assert kinds == {torch.nn.Dropout}
     assert clf.model_.config._attn_implementation == "sdpa"  # the artifact's attention, not bertclf's training one
-    assert clf.training_["attention"] == "eager"
+    assert clf.training_["attention"] == training_attention(device_type())  # eager on CPU, SDPA on a GPU
+
 
 
 def test_cheap_attention_under_bf16_autocast_stays_bf16_and_finite():

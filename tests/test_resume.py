@@ -82,7 +82,9 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, common, pr
 
 def test_ctrl_c_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path, common):
     out = tmp_path / "interrupted"
-    proc = start([*common, "-o", out])
+    # 50 epochs (2,000 steps): the signal lands mid-run even when a loaded machine delays it (with 2 epochs, a run
+    # once finished its last 60 steps before the signal arrived and exited 0).
+    proc = start([*common, "--epochs", "50", "-o", out])
     wait_for_step(proc, directory_for(str(out)), 20)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)

@@ -45,10 +45,18 @@ def choose(record: dict, requested: str, onnx_first: bool = False) -> str:
         raise BertclfError(f"unknown backend '{requested}'; use one of {', '.join(BACKENDS)}")
     if requested != "auto":
         return requested
+    if device_type() == "cuda":  # export's speeds were measured on the CPU; the GPU runs the exact fp32 model faster
+        return "torch"
     checked = {name: row for name, row in record.get("backends", {}).items() if row.get("accepted") and name not in COMPILED}
     if onnx_first and any(name.startswith("onnx") for name in checked):
         checked = {name: row for name, row in checked.items() if name.startswith("onnx")}
     return max(checked, key=lambda name: checked[name]["texts_per_s"]) if checked else "torch"
+
+
+def device_for(backend: str) -> str:
+    """Where a backend runs: the int8 and ONNX ones on the CPU (on a GPU machine too), torch and torch-bf16 on the GPU
+    where there is one."""
+    return "cpu" if backend.startswith(("torch-int8", "onnx")) else device_type()
 
 
 def torch_logits(model: torch.nn.Module, pad_id: int, bf16: bool = False, progress: bool = False,
@@ -56,17 +64,18 @@ def torch_logits(model: torch.nn.Module, pad_id: int, bf16: bool = False, progre
     """``compiled``: ``torch.compile`` (inductor) with the weights frozen as constants, so that inductor can
     pre-pack them for the CPU's matrix kernels, and shapes dynamic, so that one graph serves every batch. The
     compile happens on the first call. ``int8``: run an int8 copy of the model (the given one is untouched)."""
-    if bf16 and not (cpu_has_native_bf16() or device_type() == "cuda"):
+    device = next(model.parameters()).device.type
+    if bf16 and not (cpu_has_native_bf16() or device == "cuda"):
         raise BertclfError("backend torch-bf16 needs a CPU with native bf16 (AVX512-BF16/AMX) or a GPU; use torch or onnx")
     if int8:
-        if device_type() != "cpu":
+        if device != "cpu":
             raise BertclfError("backend torch-int8 runs on the CPU; on a GPU use torch or torch-bf16")
         model = int8_copy(model)
     if compiled:
         model = torch.compile(model, dynamic=True, options={"freezing": True})
 
     def run(encoded: Encoded) -> np.ndarray:
-        with torch.autocast(device_type(), dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             return predict_logits(model, encoded, pad_id, progress, min_rows=2 if compiled else 1)
 
     return run

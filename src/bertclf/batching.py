@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from .errors import BertclfError
+
 
 @dataclass
 class Encoded:
@@ -62,6 +64,8 @@ def encode(tokenizer, texts: Sequence[str], max_length: int, cache: bool = False
             return Encoded([flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])], truncated, text_of)
         except (OSError, ValueError, KeyError):  # unreadable: tokenise again and replace it
             pass
+    if overlap is not None:
+        _check_overflow_windows(tokenizer)
     windows = {"stride": overlap, "return_overflowing_tokens": True} if overlap is not None else {}
     enc = tokenizer(
         list(texts),
@@ -82,6 +86,19 @@ def encode(tokenizer, texts: Sequence[str], max_length: int, cache: bool = False
     if path:
         _store(path, ids, truncated, text_of)
     return Encoded(ids, truncated, text_of)
+
+
+BROKEN_OVERFLOW = ("0.23.1", "0.23.2")  # tokenizers releases whose overflow yields only a text's first two windows
+
+
+def _check_overflow_windows(tokenizer) -> None:
+    """Refuse the tokenizers releases that drop windows: with 0.23.1 and 0.23.2 a 150-token text split into
+    32-token windows comes back as 32 + 12 tokens, the rest silently lost (0.23.3 gives all six windows)."""
+    import tokenizers
+
+    if getattr(tokenizer, "is_fast", False) and tokenizers.__version__ in BROKEN_OVERFLOW:
+        raise BertclfError(f"tokenizers {tokenizers.__version__} loses the windows of long texts after the second; "
+                           "run: pip install -U 'tokenizers>=0.23.3'")
 
 
 def cache_dir() -> str | None:

@@ -320,13 +320,13 @@ class TextClassifier:
             raise BertclfError(f"{path}: config.json labels {names} disagree with bertclf.json {record['classes']}; the artifact was edited")
         known = {f.name for f in dataclasses.fields(cls)}
         clf = cls(**{k: v for k, v in record["params"].items() if k in known})
-        clf.model_, clf.tokenizer_ = model.to(device_type()).eval(), tokenizer
+        clf.backend_ = backends.choose(record, backend)
+        clf.model_, clf.tokenizer_ = model.to(backends.device_for(clf.backend_)).eval(), tokenizer
         clf.task_, clf.classes_, clf.thresholds_ = record["task"], record["classes"], record["thresholds"]
         clf.precision_, clf.data_, clf.truncated_ = record["precision"], record["data"], record["truncated"]
         clf.history_, clf.best_epoch_ = record["history"], record["best_epoch"]
         clf.training_, clf.metrics_ = record["training"], record["metrics"]
         clf.refit_ = record.get("refit")  # absent from artifacts written before refit existed
-        clf.backend_ = backends.choose(record, backend)
         clf._backend_logits = backends.make(clf.backend_, path, clf.model_, tokenizer.pad_token_id, threads)
         return clf
 
