@@ -45,7 +45,7 @@ def choose(record: dict, requested: str, onnx_first: bool = False) -> str:
         raise BertclfError(f"unknown backend '{requested}'; use one of {', '.join(BACKENDS)}")
     if requested != "auto":
         return requested
-    if device_type() == "cuda":  # export's speeds were measured on the CPU; the GPU runs the exact fp32 model faster
+    if device_type() == "cuda":  # export's speeds are CPU speeds: on a GPU machine, the exact model on the GPU
         return "torch"
     checked = {name: row for name, row in record.get("backends", {}).items() if row.get("accepted") and name not in COMPILED}
     if onnx_first and any(name.startswith("onnx") for name in checked):
