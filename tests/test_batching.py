@@ -158,3 +158,15 @@ def test_tokenizers_that_drop_windows_are_refused(default_model_dir, monkeypatch
     with pytest.raises(BertclfError, match="tokenizers>=0.23.3"):
         encode(tokenizer, ["a long text"], 32, overlap=8)
     assert encode(tokenizer, ["a long text"], 32).text_of is None  # truncation alone is unaffected
+
+
+def test_the_encode_cache_is_keyed_on_the_tokenizers_release(default_model_dir, monkeypatch):
+    import tokenizers
+    from transformers import AutoTokenizer
+
+    from bertclf.batching import _cache_path
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    before = _cache_path(tokenizer, ["a text"], 32, 8)
+    monkeypatch.setattr(tokenizers, "__version__", "0.23.2")  # windows cached by a broken release are not read back
+    assert _cache_path(tokenizer, ["a text"], 32, 8) != before

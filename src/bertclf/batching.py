@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import tokenizers
 import torch
 from torch.utils.data import Sampler
 
@@ -94,8 +95,6 @@ BROKEN_OVERFLOW = ("0.23.1", "0.23.2")  # tokenizers releases whose overflow yie
 def _check_overflow_windows(tokenizer) -> None:
     """Refuse the tokenizers releases that drop windows: with 0.23.1 and 0.23.2 a 150-token text split into
     32-token windows comes back as 32 + 12 tokens, the rest silently lost (0.23.3 gives all six windows)."""
-    import tokenizers
-
     if getattr(tokenizer, "is_fast", False) and tokenizers.__version__ in BROKEN_OVERFLOW:
         raise BertclfError(f"tokenizers {tokenizers.__version__} loses the windows of long texts after the second; "
                            "run: pip install -U 'tokenizers>=0.23.3'")
@@ -116,7 +115,9 @@ def _cache_path(tokenizer, texts: Sequence[str], max_length: int, overlap: int |
     # Its truncation and padding settings change with each call's arguments (max_length is keyed below).
     definition = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
     key = hashlib.sha256(json.dumps(definition, sort_keys=True).encode())
-    key.update(f"{type(tokenizer).__name__}|{tokenizer.truncation_side}|{max_length}|{overlap}|{len(texts)}".encode())
+    # The tokenizers release too: 0.23.1-0.23.2 cut windows short, and their entries must not outlive an upgrade.
+    key.update(f"{tokenizers.__version__}|{type(tokenizer).__name__}|{tokenizer.truncation_side}|{max_length}|{overlap}|"
+               f"{len(texts)}".encode())
     for text in texts:
         key.update(text.encode("utf-8", "surrogatepass") + b"\0")
     return os.path.join(folder, "encoded", key.hexdigest() + ".npz")
