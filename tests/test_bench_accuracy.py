@@ -47,3 +47,13 @@ def test_one_variant_runs_alone_and_finished_runs_are_reused(tmp_path, tiny_mode
     assert {r["variant"] for r in again["rows"]} == {"defaults", "class-weight balanced"}
     balanced = [r for r in again["rows"] if r["variant"] == "class-weight balanced"]
     assert balanced == first["rows"]  # read back, not retrained: same scores, wall time and peak RSS
+
+
+def test_a_dataset_outside_the_suite_runs_with_no_target_and_a_folder_without_splits_is_refused(tmp_path, tiny_model_dir):
+    rows = run(tmp_path, tiny_model_dir, "rotten_tomatoes", "1")["rows"]
+    assert [(r["split"], r["metric"], r["target"]) for r in rows] == [
+        ("dev", "accuracy", None), ("dev", "macro_f1", None), ("test", "accuracy", None), ("test", "macro_f1", None)]
+    assert rows[0]["rows"] == 1066 and "rotten_tomatoes/dev.csv" in rows[0]["command"]
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "accuracy.py"), "--quick", "--datasets", "mr",
+                           "--output", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "mr has no train.csv or test.csv" in proc.stderr
