@@ -10,6 +10,7 @@ its train file to fit the CPU budget, and the table says so.
     python bench/accuracy.py --datasets trec,banking77 --seeds 42
     python bench/accuracy.py --datasets imdb --variants chunks --seeds 42
     python bench/accuracy.py --datasets rotten_tomatoes        # any folder of ../shared/datasets with train.csv, test.csv
+    python bench/accuracy.py --datasets mr --seeds 40,41,42,43,44,45,46,47,48,49   # one all.csv: 10-fold CV, a fold per seed
     python bench/accuracy.py --reuse                           # go on after an interruption: finished runs are read back
     python bench/accuracy.py --quick --model DIR --output DIR  # smoke run: 200 rows (GoEmotions 1,000), 1 epoch
 Writes docs/benchmarks/accuracy.{json,md} after each variant (a variant run again replaces its rows); models, and each
@@ -43,8 +44,10 @@ SUITE: dict[str, dict] = {
     "trec": {"metrics": ["accuracy"], "report": ["test"], "anchor": "bert-base-cased 97.4", "target": {"accuracy": 0.97},
              "variants": {"": [], "refit": ["--refit"]}},
     "banking77": {"metrics": ["accuracy"], "report": ["test"], "anchor": "bert-base 93.1", "target": {"accuracy": 0.93},
-                  # the derived 8 epochs' dev accuracy was still rising at the last epoch in every refit run
-                  "variants": {"": [], "refit": ["--refit"], "refit 10 epochs": ["--refit", "--epochs", "10"]}},
+                  # the derived 8 epochs' dev accuracy was still rising at the last epoch in every refit run; the test
+                  # file holds exactly 40 texts per intent, train 35 to 187: balanced weights train for the test's prior
+                  "variants": {"": [], "refit": ["--refit"], "refit 10 epochs": ["--refit", "--epochs", "10"],
+                               "refit class-weight balanced": ["--refit", "--class-weight", "balanced"]}},
     "emotion": {"metrics": ["accuracy", "macro_f1"], "report": ["test"], "anchor": "bert-base 94.05 acc",
                 "target": {"accuracy": 0.93, "macro_f1": 0.89}, "variants": {"": [], "class-weight balanced": ["--class-weight", "balanced"]}},
     "goemotions": {"metrics": ["macro_f1"], "report": ["test"], "anchor": "BERT-base 46 (paper), 50.3 (reproduction)",
@@ -61,25 +64,49 @@ SUITE: dict[str, dict] = {
 }
 
 
+CV_FOLDS = 10  # the SentEval protocol for datasets shipped as one all.csv (MR, SUBJ, CR, MPQA)
+
+
 def spec_of(name: str) -> dict:
     """The suite's entry for a dataset, or a plain one (accuracy and macro-F1, no target) for any other folder of
-    ../shared/datasets with a train.csv and a test.csv: the suite's commands run unchanged on data it has not seen."""
+    ../shared/datasets: with a train.csv and a test.csv, or a single all.csv, cross-validated (see :func:`fold_files`).
+    The suite's commands run unchanged on data it has not seen."""
     if name in SUITE:
         return SUITE[name]
     folder = DATASETS / name
+    plain = {"metrics": ["accuracy", "macro_f1"], "anchor": "", "target": {}}
+    if (folder / "all.csv").exists() and not (folder / "train.csv").exists():
+        return {**plain, "report": ["test"], "cv_folds": CV_FOLDS}
     missing = [f for f in ("train.csv", "test.csv") if not (folder / f).exists()]
     if missing:
-        raise ValueError(f"{folder} has no {' or '.join(missing)}: a dataset needs train.csv and test.csv "
-                         "(split a single all.csv into them first)")
-    return {"metrics": ["accuracy", "macro_f1"], "report": ["dev", "test"] if (folder / "dev.csv").exists() else ["test"],
-            "anchor": "", "target": {}}
+        raise ValueError(f"{folder} has no {' or '.join(missing)}: a dataset needs train.csv and test.csv, or one all.csv "
+                         "to cross-validate (never train on a test split alone)")
+    return {**plain, "report": ["dev", "test"] if (folder / "dev.csv").exists() else ["test"]}
 
 
-def sample_file(name: str, rows: int, seed: int, work: Path) -> str:
-    """A seeded sample of a dataset's train file (written once, reused by every seed's run)."""
-    path = work / f"{name}-train-{rows}.csv"
+def fold_files(name: str, seed: int, work: Path) -> tuple[Path, Path]:
+    """Train and test files for seed S of a dataset shipped as one all.csv: fold S mod 10 of a stratified 10-fold split
+    (fixed by split seed 0, so every seed's test fold is disjoint from the others' among ten consecutive seeds);
+    the run then picks its epoch on bertclf's seeded split of the other nine folds. Seeds 40-49 are the full 10-fold CV."""
+    from sklearn.model_selection import StratifiedKFold
+
+    fold = seed % CV_FOLDS
+    train, test = (work / f"{name}-cv{CV_FOLDS}-fold{fold}-{part}.csv" for part in ("train", "test"))
+    if not test.exists():
+        frame = pd.read_csv(DATASETS / name / "all.csv", dtype=str, keep_default_na=False)
+        folds = StratifiedKFold(n_splits=CV_FOLDS, shuffle=True, random_state=0).split(frame, frame[frame.columns[1]])
+        train_rows, test_rows = list(folds)[fold]
+        work.mkdir(parents=True, exist_ok=True)
+        frame.iloc[train_rows].to_csv(train, index=False)
+        frame.iloc[test_rows].to_csv(test, index=False)
+    return train, test
+
+
+def sample_file(source: Path, rows: int, seed: int, work: Path) -> str:
+    """A seeded sample of a train file (written once, reused by every seed's run)."""
+    path = work / (f"{source.parent.name}-train-{rows}.csv" if source.name == "train.csv" else f"{source.stem}-{rows}.csv")
     if not path.exists():
-        frame = pd.read_csv(DATASETS / name / "train.csv", dtype=str, keep_default_na=False)
+        frame = pd.read_csv(source, dtype=str, keep_default_na=False)
         work.mkdir(parents=True, exist_ok=True)
         frame.sample(min(rows, len(frame)), random_state=seed).to_csv(path, index=False)
     return str(path)
@@ -131,20 +158,19 @@ def dataset_rows(name: str, variant: str, seeds: list[int], model: str | None, w
     spec = spec_of(name)
     flags = spec.get("variants", {"": []})[variant]
     folder = DATASETS / name
-    train = str(folder / "train.csv")
     sample = spec.get("quick_sample", 200) if quick else spec.get("train_sample")
-    if sample:
-        train = sample_file(name, sample, 0, work / "data")
-    base = [sys.executable, "-m", "bertclf", "train", train, "--test", str(folder / "test.csv")]
-    if (folder / "dev.csv").exists():
-        base += ["--dev", str(folder / "dev.csv")]
-    base += spec.get("flags", []) + (["--model", model] if model else [])
     rows = []
     runs = []
     for seed in seeds:
+        train, test = fold_files(name, seed, work / "data") if spec.get("cv_folds") else (folder / "train.csv", folder / "test.csv")
+        command = [sys.executable, "-m", "bertclf", "train", sample_file(train, sample, 0, work / "data") if sample else str(train),
+                   "--test", str(test)]
+        if (folder / "dev.csv").exists():
+            command += ["--dev", str(folder / "dev.csv")]
         out = work / f"{name}{'-' + variant.replace(' ', '-') if variant else ''}-seed{seed}"
         quick_epochs = ["--epochs", "1"] if quick else []  # after the variant's flags: a smoke run is 1 epoch whatever they say
-        command = [*base, *flags, *quick_epochs, "--seed", str(seed), "--output", str(out), "--overwrite", "--quiet"]
+        command += [*spec.get("flags", []), *(["--model", model] if model else []), *flags, *quick_epochs,
+                    "--seed", str(seed), "--output", str(out), "--overwrite", "--quiet"]
         print(f"{name} {variant or 'defaults'} seed {seed} ...", file=sys.stderr, flush=True)
         record, seconds, rss = run_once(command, reuse)
         runs.append({"record": record, "seconds": seconds, "rss": rss})
@@ -152,6 +178,8 @@ def dataset_rows(name: str, variant: str, seeds: list[int], model: str | None, w
               f"{seconds:.0f} s", file=sys.stderr, flush=True)
     shown = " ".join(part.replace(sys.executable, "python").replace(str(REPO) + "/", "").replace(str(DATASETS.parent) + "/", "../shared/")
                      for part in command).replace(f"seed{seeds[-1]}", "seedS").replace(f"--seed {seeds[-1]}", "--seed S")
+    if spec.get("cv_folds"):
+        shown = shown.replace(f"fold{seeds[-1] % CV_FOLDS}-", "foldK-")
     first = runs[0]["record"]
     for split in spec["report"]:
         for metric in spec["metrics"]:
@@ -164,7 +192,8 @@ def dataset_rows(name: str, variant: str, seeds: list[int], model: str | None, w
                 values = [r["record"]["metrics"][split]["at_0.5"][key] if kind else r["record"]["metrics"][split][key] for r in runs]
                 rows.append({
                     "dataset": name, "variant": ", ".join(v for v in (variant, kind) if v) or "defaults",
-                    "split": split, "rows": first["metrics"][split]["rows"], "metric": key,
+                    "split": f"CV fold S mod {CV_FOLDS}" if spec.get("cv_folds") else split,
+                    "rows": first["metrics"][split]["rows"], "metric": key,
                     "mean": round(statistics.mean(values), 4), "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
                     "values": [round(v, 4) for v in values], "seeds": seeds,
                     "target": spec["target"].get(key), "reference": spec["anchor"],
@@ -197,6 +226,11 @@ def markdown(rows: list[dict]) -> str:
                      f"{r['samples_per_s']} | {r['peak_rss_mb'] or 'n/a'} |")
     notes = sorted({f"- {r['dataset']}: {r['note']}" for r in rows if r.get("note")})  # kept until the rows are rerun
     lines += ["", "Notes:", "", *notes] if notes else []
+    if any(r["split"].startswith("CV fold") for r in rows):
+        lines += ["", f"CV fold S mod {CV_FOLDS}: a dataset shipped as one all.csv is cross-validated; bench/accuracy.py writes "
+                  f"fold K of a stratified {CV_FOLDS}-fold split (split seed 0) as runs/accuracy/data/NAME-cv{CV_FOLDS}-foldK-test.csv "
+                  "and the other folds as ...-train.csv, and seed S tests fold K = S mod 10, picking its epoch on the seeded 20% "
+                  "split of the train folds. Seeds 40 to 49 make the full 10-fold protocol."]
     lines += ["", "Commands (one run per seed S; `python bench/accuracy.py --datasets NAME --seeds ...` reruns a dataset's rows):", ""]
     lines += sorted({f"- {r['dataset']}: `{r['command']}`" for r in rows})
     return "\n".join(lines) + "\n"

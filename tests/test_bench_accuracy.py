@@ -54,6 +54,19 @@ def test_a_dataset_outside_the_suite_runs_with_no_target_and_a_folder_without_sp
     assert [(r["split"], r["metric"], r["target"]) for r in rows] == [
         ("dev", "accuracy", None), ("dev", "macro_f1", None), ("test", "accuracy", None), ("test", "macro_f1", None)]
     assert rows[0]["rows"] == 1066 and "rotten_tomatoes/dev.csv" in rows[0]["command"]
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "accuracy.py"), "--quick", "--datasets", "mr",
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "accuracy.py"), "--quick", "--datasets", "ag_news",
                            "--output", str(tmp_path)], capture_output=True, text=True)
-    assert proc.returncode == 2 and "mr has no train.csv or test.csv" in proc.stderr
+    assert proc.returncode == 2 and "ag_news has no train.csv: a dataset needs train.csv and test.csv" in proc.stderr
+
+
+def test_a_dataset_shipped_as_one_file_is_cross_validated_a_fold_per_seed(tmp_path, tiny_model_dir):
+    rows = run(tmp_path, tiny_model_dir, "mr", "3,13,4")["rows"]
+    assert [(r["split"], r["metric"]) for r in rows] == [("CV fold S mod 10", "accuracy"), ("CV fold S mod 10", "macro_f1")]
+    assert rows[0]["seeds"] == [3, 13, 4] and rows[0]["rows"] in (1066, 1067) and "mr-cv10-foldK-train-200.csv" in rows[0]["command"]
+    data = tmp_path / "runs" / "data"
+    read = lambda fold, part: (data / f"mr-cv10-fold{fold}-{part}.csv").read_text().splitlines()[1:]  # noqa: E731
+    assert sorted(read(3, "train") + read(3, "test")) == sorted(read(4, "train") + read(4, "test"))  # each fold: all 10,662 rows
+    assert len(read(3, "train")) + len(read(3, "test")) == 10662 and not set(read(3, "test")) & set(read(4, "test"))
+    command = lambda seed: json.loads((tmp_path / "runs" / f"mr-seed{seed}" / "bench-run.json").read_text())["command"]  # noqa: E731
+    assert any(part.endswith("mr-cv10-fold3-test.csv") for part in command(13))  # seeds 3 and 13 test the same fold
+    assert any(part.endswith("mr-cv10-fold4-test.csv") for part in command(4))

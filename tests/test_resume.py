@@ -31,8 +31,11 @@ def common(tmp_path, write, tiny_model_dir):
 
 def start(argv: list) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
+    # SIGINT at its default in the child, as in a terminal: a suite run in the background of a non-interactive shell
+    # (`pytest &`, nohup) inherits SIGINT ignored, and the Ctrl-C test's signal would be lost.
     return subprocess.Popen([sys.executable, "-m", "bertclf", *map(str, argv)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def run(argv: list) -> int:
