@@ -49,7 +49,8 @@ SUITE: dict[str, dict] = {
                   # the derived 8 epochs' dev accuracy was still rising at the last epoch in every refit run; the test
                   # file holds exactly 40 texts per intent, train 35 to 187: balanced weights train for the test's prior
                   "variants": {"": [], "refit": ["--refit"], "refit 10 epochs": ["--refit", "--epochs", "10"],
-                               "refit class-weight balanced": ["--refit", "--class-weight", "balanced"]}},
+                               "refit class-weight balanced": ["--refit", "--class-weight", "balanced"],
+                               "class-weight balanced": ["--class-weight", "balanced"]}},
     "emotion": {"metrics": ["accuracy", "macro_f1"], "report": ["test"], "anchor": "bert-base 94.05 acc",
                 "target": {"accuracy": 0.93, "macro_f1": 0.89}, "variants": {"": [], "class-weight balanced": ["--class-weight", "balanced"]}},
     "goemotions": {"metrics": ["macro_f1"], "report": ["test"], "anchor": "BERT-base 46 (paper), 50.3 (reproduction)",

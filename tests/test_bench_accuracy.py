@@ -18,8 +18,10 @@ def run(tmp_path, tiny_model_dir, datasets: str, seeds: str, *flags: str) -> dic
 def test_quick_accuracy_bench_writes_rows_per_dataset_and_keeps_others(tmp_path, tiny_model_dir):
     rows = run(tmp_path, tiny_model_dir, "trec", "1,2")["rows"]
     assert [(r["dataset"], r["variant"], r["split"], r["metric"]) for r in rows] == [
-        ("trec", "defaults", "test", "accuracy"), ("trec", "refit", "test", "accuracy")]
-    row, refit = rows
+        ("trec", "defaults", "test", "accuracy"), ("trec", "refit", "test", "accuracy"),
+        ("trec", "class-weight balanced", "test", "accuracy")]
+    row, refit, weighted = rows
+    assert "--class-weight balanced" in weighted["command"]
     assert refit["train_rows"] == 200 and "--refit" in refit["command"]  # the held-out 40 rejoin training
     assert {"dataset", "split", "metric", "mean", "std", "seeds", "model", "command"} <= set(row)
     assert row["seeds"] == [1, 2] and len(row["values"]) == 2 and 0 <= row["mean"] <= 1 and row["rows"] == 500
@@ -28,7 +30,8 @@ def test_quick_accuracy_bench_writes_rows_per_dataset_and_keeps_others(tmp_path,
 
     rows = run(tmp_path, tiny_model_dir, "goemotions", "1")["rows"]
     kinds = {(r["dataset"], r["variant"], r["metric"]) for r in rows}
-    assert kinds == {("trec", "defaults", "accuracy"), ("trec", "refit", "accuracy"), ("goemotions", "defaults", "macro_f1"),
+    assert kinds == {("trec", "defaults", "accuracy"), ("trec", "refit", "accuracy"), ("trec", "class-weight balanced", "accuracy"),
+                     ("goemotions", "defaults", "macro_f1"),
                      ("goemotions", "thresholds 0.5", "macro_f1"), ("goemotions", "3 epochs", "macro_f1"),
                      ("goemotions", "3 epochs, thresholds 0.5", "macro_f1"), ("goemotions", "lr 2e-4", "macro_f1"),
                      ("goemotions", "lr 2e-4, thresholds 0.5", "macro_f1")}
