@@ -18,10 +18,10 @@ def run(tmp_path, tiny_model_dir, datasets: str, seeds: str, *flags: str) -> dic
 def test_quick_accuracy_bench_writes_rows_per_dataset_and_keeps_others(tmp_path, tiny_model_dir):
     rows = run(tmp_path, tiny_model_dir, "trec", "1,2")["rows"]
     assert [(r["dataset"], r["variant"], r["split"], r["metric"]) for r in rows] == [
-        ("trec", "defaults", "test", "accuracy"), ("trec", "refit", "test", "accuracy"),
-        ("trec", "class-weight balanced", "test", "accuracy")]
-    row, refit, weighted = rows
-    assert "--class-weight balanced" in weighted["command"]
+        ("trec", "defaults", "test", "accuracy"), ("trec", "class-weight none", "test", "accuracy"),
+        ("trec", "refit class-weight none", "test", "accuracy")]
+    row, unweighted, refit = rows
+    assert "--class-weight none" in unweighted["command"] and "--class-weight" not in row["command"]
     assert refit["train_rows"] == 200 and "--refit" in refit["command"]  # the held-out 40 rejoin training
     assert {"dataset", "split", "metric", "mean", "std", "seeds", "model", "command"} <= set(row)
     assert row["seeds"] == [1, 2] and len(row["values"]) == 2 and 0 <= row["mean"] <= 1 and row["rows"] == 500
@@ -30,7 +30,7 @@ def test_quick_accuracy_bench_writes_rows_per_dataset_and_keeps_others(tmp_path,
 
     rows = run(tmp_path, tiny_model_dir, "goemotions", "1")["rows"]
     kinds = {(r["dataset"], r["variant"], r["metric"]) for r in rows}
-    assert kinds == {("trec", "defaults", "accuracy"), ("trec", "refit", "accuracy"), ("trec", "class-weight balanced", "accuracy"),
+    assert kinds == {("trec", "defaults", "accuracy"), ("trec", "class-weight none", "accuracy"), ("trec", "refit class-weight none", "accuracy"),
                      ("goemotions", "defaults", "macro_f1"),
                      ("goemotions", "thresholds 0.5", "macro_f1"), ("goemotions", "3 epochs", "macro_f1"),
                      ("goemotions", "3 epochs, thresholds 0.5", "macro_f1"), ("goemotions", "lr 2e-4", "macro_f1"),
@@ -41,15 +41,15 @@ def test_quick_accuracy_bench_writes_rows_per_dataset_and_keeps_others(tmp_path,
 
 
 def test_one_variant_runs_alone_and_finished_runs_are_reused(tmp_path, tiny_model_dir):
-    first = run(tmp_path, tiny_model_dir, "emotion", "1", "--variants", "class-weight balanced")
-    assert {(r["variant"], r["metric"]) for r in first["rows"]} == {("class-weight balanced", "accuracy"),
-                                                                   ("class-weight balanced", "macro_f1")}
+    first = run(tmp_path, tiny_model_dir, "emotion", "1", "--variants", "class-weight none")
+    assert {(r["variant"], r["metric"]) for r in first["rows"]} == {("class-weight none", "accuracy"),
+                                                                   ("class-weight none", "macro_f1")}
     assert "reused" not in first["log"]
     again = run(tmp_path, tiny_model_dir, "emotion", "1", "--reuse")  # both variants: only the defaults one trains
     assert again["log"].count("reused the finished run") == 1
-    assert {r["variant"] for r in again["rows"]} == {"defaults", "class-weight balanced"}
-    balanced = [r for r in again["rows"] if r["variant"] == "class-weight balanced"]
-    assert balanced == first["rows"]  # read back, not retrained: same scores, wall time and peak RSS
+    assert {r["variant"] for r in again["rows"]} == {"defaults", "class-weight none"}
+    unweighted = [r for r in again["rows"] if r["variant"] == "class-weight none"]
+    assert unweighted == first["rows"]  # read back, not retrained: same scores, wall time and peak RSS
 
 
 def test_a_dataset_outside_the_suite_runs_with_no_target_and_a_folder_without_splits_is_refused(tmp_path, tiny_model_dir):

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from bertclf import BertclfError, TextClassifier
-from bertclf.estimator import default_epochs
+from bertclf.data import imbalance, label_counts
+from bertclf.estimator import default_epochs, derived_class_weight
 from bertclf.cli import main
 
-from .conftest import FAST, subset
+from .conftest import FAST, dataset, subset
 
 def test_artifact_layout_and_record(sst_binary):
     clf, path, dev = sst_binary
@@ -199,7 +200,23 @@ def test_balanced_class_weights_follow_inverse_frequency(tiny_model_dir):
     clf = TextClassifier(model=tiny_model_dir, class_weight="balanced", val_fraction=0, **{**FAST, "epochs": 1})
     clf.fit(texts, labels)
     assert clf._class_weights(labels).tolist() == pytest.approx([80 / (2 * 60), 80 / (2 * 20)])
-    assert TextClassifier(model=tiny_model_dir, **FAST).set_params(class_weight="none")._class_weights(labels) is None
+    assert clf.set_params(class_weight="none").fit(texts, labels)._class_weights(labels) is None
+    # auto: 60 against 20 is 3x, so balanced; the artifact records what training used
+    auto = TextClassifier(model=tiny_model_dir, val_fraction=0, **{**FAST, "epochs": 1}).fit(texts, labels)
+    assert (auto.class_weight, auto.class_weight_, auto.training_["class_weight"]) == ("auto", "balanced", "balanced")
+    assert auto._class_weights(labels).tolist() == pytest.approx([80 / (2 * 60), 80 / (2 * 20)])
+
+
+def test_auto_class_weight_balances_only_clearly_imbalanced_single_label_data():
+    emotion = label_counts(pd.read_csv(dataset("emotion", "train"), dtype=str).label.tolist(), multilabel=False)
+    assert round(imbalance(emotion), 1) == 9.4 and derived_class_weight("auto", emotion, False) == "balanced"
+    sst2 = label_counts(pd.read_csv(dataset("sst2", "train"), dtype=str).label.tolist(), multilabel=False)
+    assert imbalance(sst2) < 1.5 and derived_class_weight("auto", sst2, False) == "none"
+    assert derived_class_weight("auto", {"a": 299, "b": 100}, False) == "none"
+    assert derived_class_weight("auto", {"a": 300, "b": 100}, False) == "balanced"
+    assert derived_class_weight("auto", {"a": 900, "b": 10}, True) == "none"  # multi-label: pos_weight hurt GoEmotions
+    assert derived_class_weight("none", emotion, False) == "none"
+    assert derived_class_weight("balanced", sst2, False) == "balanced"
 
 
 def test_chunked_long_texts_train_on_windows_and_score_each_text_once(tiny_model_dir, tmp_path):

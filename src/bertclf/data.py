@@ -377,6 +377,11 @@ def label_counts(labels: Sequence, multilabel: bool) -> Counter:
     return Counter(name for row in labels for name in row) if multilabel else Counter(labels)
 
 
+def imbalance(counts: Counter) -> float:
+    """Texts of the largest class over texts of the smallest (1.0 = balanced)."""
+    return max(counts.values()) / min(counts.values())
+
+
 def content_sha256(texts: Sequence[str], labels: Sequence | None = None) -> str:
     """Fingerprint of in-memory data, for runs that did not come from a file."""
     digest = hashlib.sha256()

@@ -137,7 +137,7 @@ def tune(
 
     from .estimator import TextClassifier, default_epochs, default_lr
     from .modeling import load_tokenizer, resolve_model
-    from .data import check_classes, infer_task
+    from .data import check_classes, imbalance, infer_task
     from .validation import token_lengths
 
     if trials is None and budget_s is None:
@@ -168,7 +168,7 @@ def tune(
     # dev file, holdout_split's train_test_split holds out ceil(fraction x rows)).
     rows = len(train_texts) if dev is not None else len(train_texts) - math.ceil(len(train_texts) * defaults["val_fraction"])
     defaults["epochs"] = defaults["epochs"] or default_epochs(rows, defaults["batch_size"] * defaults["grad_accum"], multilabel)
-    space = default_space(defaults, p99_tokens, max(counts.values()) / min(counts.values()), tokenizer.model_max_length,
+    space = default_space(defaults, p99_tokens, imbalance(counts), tokenizer.model_max_length,
                           multilabel)
     if space_file:
         space = load_space(space_file, space)

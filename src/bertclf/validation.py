@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .data import LabeledData, label_counts
+from .data import LabeledData, imbalance, label_counts
 
 _SPACES = re.compile(r"\s+")
 
@@ -44,11 +44,7 @@ def leakage(train: LabeledData, other: LabeledData) -> dict:
 
 def distribution(data: LabeledData, multilabel: bool) -> dict:
     counts = label_counts(data.labels, multilabel)
-    values = sorted(counts.values())
-    return {
-        "counts": dict(sorted(counts.items(), key=lambda kv: -kv[1])),
-        "imbalance": values[-1] / values[0],  # largest class / smallest class
-    }
+    return {"counts": dict(sorted(counts.items(), key=lambda kv: -kv[1])), "imbalance": imbalance(counts)}
 
 
 def token_lengths(tokenizer, texts: Sequence[str], max_length: int) -> dict:
