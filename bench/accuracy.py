@@ -45,6 +45,7 @@ SUITE: dict[str, dict] = {
     # texts: TREC 14.5x, Banking77 5.3x, emotion 9.4x); the "class-weight none" variants are the earlier defaults.
     "trec": {"metrics": ["accuracy"], "report": ["test"], "anchor": "bert-base-cased 97.4", "target": {"accuracy": 0.97},
              "variants": {"": [], "class-weight none": ["--class-weight", "none"],
+                          "refit class-weight balanced": ["--refit", "--class-weight", "balanced"],
                           "refit class-weight none": ["--refit", "--class-weight", "none"]}},
     "banking77": {"metrics": ["accuracy"], "report": ["test"], "anchor": "bert-base 93.1", "target": {"accuracy": 0.93},
                   # the derived 8 epochs' dev accuracy was still rising at the last epoch in every refit run; the test

@@ -19,10 +19,11 @@ def test_quick_accuracy_bench_writes_rows_per_dataset_and_keeps_others(tmp_path,
     rows = run(tmp_path, tiny_model_dir, "trec", "1,2")["rows"]
     assert [(r["dataset"], r["variant"], r["split"], r["metric"]) for r in rows] == [
         ("trec", "defaults", "test", "accuracy"), ("trec", "class-weight none", "test", "accuracy"),
-        ("trec", "refit class-weight none", "test", "accuracy")]
-    row, unweighted, refit = rows
+        ("trec", "refit class-weight balanced", "test", "accuracy"), ("trec", "refit class-weight none", "test", "accuracy")]
+    row, unweighted, refit, _ = rows
     assert "--class-weight none" in unweighted["command"] and "--class-weight" not in row["command"]
-    assert refit["train_rows"] == 200 and "--refit" in refit["command"]  # the held-out 40 rejoin training
+    assert "--refit --class-weight balanced" in refit["command"]
+    assert refit["train_rows"] == 200  # the held-out 40 rejoin training
     assert {"dataset", "split", "metric", "mean", "std", "seeds", "model", "command"} <= set(row)
     assert row["seeds"] == [1, 2] and len(row["values"]) == 2 and 0 <= row["mean"] <= 1 and row["rows"] == 500
     assert row["train_rows"] == 160  # the 200-row sample less the seeded 20% dev split
@@ -30,7 +31,8 @@ def test_quick_accuracy_bench_writes_rows_per_dataset_and_keeps_others(tmp_path,
 
     rows = run(tmp_path, tiny_model_dir, "goemotions", "1")["rows"]
     kinds = {(r["dataset"], r["variant"], r["metric"]) for r in rows}
-    assert kinds == {("trec", "defaults", "accuracy"), ("trec", "class-weight none", "accuracy"), ("trec", "refit class-weight none", "accuracy"),
+    assert kinds == {("trec", "defaults", "accuracy"), ("trec", "class-weight none", "accuracy"),
+                     ("trec", "refit class-weight balanced", "accuracy"), ("trec", "refit class-weight none", "accuracy"),
                      ("goemotions", "defaults", "macro_f1"),
                      ("goemotions", "thresholds 0.5", "macro_f1"), ("goemotions", "3 epochs", "macro_f1"),
                      ("goemotions", "3 epochs, thresholds 0.5", "macro_f1"), ("goemotions", "lr 2e-4", "macro_f1"),
