@@ -154,7 +154,7 @@ class TextClassifier:
             "train": {
                 **data_info.get("train", {"rows": len(texts), "sha256": content_sha256(texts, labels)}),
                 "rows_used": len(train_texts),  # after the dev split, if one was held out
-                "label_counts": dict(sorted(label_counts(train_labels, multilabel).items())),
+                "label_counts": dict(sorted(counts.items())),
             }
         }
         if dev_texts:
