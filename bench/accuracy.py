@@ -209,6 +209,7 @@ def dataset_rows(name: str, variant: str, seeds: list[int], model: str | None, w
                     "best_epochs": [r["record"]["best_epoch"] for r in runs],
                     "wall_s": round(statistics.mean(r["seconds"] for r in runs)),
                     "samples_per_s": round(statistics.mean(r["record"]["training"]["samples_per_s"] for r in runs), 1),
+                    "precision": "/".join(sorted({r["record"]["precision"] for r in runs})),
                     "peak_rss_mb": round(max(r["rss"] for r in runs)) if all(r["rss"] for r in runs) else None,
                     "command": shown,
                 })
@@ -221,15 +222,18 @@ def markdown(rows: list[dict]) -> str:
              f"machine's {os.cpu_count()} CPU cores. Best epoch picked on dev (or on the seeded 20% split of train where a "
              "dataset has no dev file); test scored once. The refit variants (`--refit`) then train again from the pretrained weights on train + dev for the best epoch count and score that model. The defaults weight the loss by inverse class frequency where the largest class has at least 3x the smallest's training texts (`--class-weight auto`: TREC, Banking77, emotion); the `class-weight none` variants turn that off. Without `--epochs`, bertclf derives them from the training set's "
              "size (enough for 2,000 optimizer steps, 3 to 10; patience 2): the epochs column shows what each run used. "
-             "Mean ± std over the seeds listed; wall time and samples/s are per run (mean), peak RSS the largest of the runs.", "",
-             "| dataset | variant | split (rows) | metric | ours mean ± std | seeds | target | published | train rows | epochs (best) | wall s | samples/s | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Mean ± std over the seeds listed; wall time and samples/s are per run (mean), peak RSS the largest of the runs. "
+             "Precision is what `--precision auto` chose on the machine that ran the row: bf16 where the CPU has it "
+             "(AVX512-BF16/AMX), else fp32; rows run before the column was added (2026-12-01) did not record it.", "",
+             "| dataset | variant | split (rows) | metric | ours mean ± std | seeds | target | published | train rows | epochs (best) | precision | wall s | samples/s | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         target = "" if r["target"] is None else f"{r['target']:.3f} {'met' if r['mean'] >= r['target'] else '**missed**'}"
         sample = f"{r['train_rows']} (sample of {r['train_sample']})" if r["train_sample"] else str(r["train_rows"])
         epochs = ", ".join(f"{e} ({b})" for e, b in zip(r["epochs"], r["best_epochs"]))
         lines.append(f"| {r['dataset']} | {r['variant']} | {r['split']} ({r['rows']}) | {r['metric']} | {r['mean']:.4f} ± {r['std']:.4f} | "
-                     f"{','.join(map(str, r['seeds']))} | {target} | {r['reference']} | {sample} | {epochs} | {r['wall_s']} | "
+                     f"{','.join(map(str, r['seeds']))} | {target} | {r['reference']} | {sample} | {epochs} | "
+                     f"{r.get('precision', 'not recorded')} | {r['wall_s']} | "
                      f"{r['samples_per_s']} | {r['peak_rss_mb'] or 'n/a'} |")
     notes = sorted({f"- {r['dataset']}: {r['note']}" for r in rows if r.get("note")})  # kept until the rows are rerun
     lines += ["", "Notes:", "", *notes] if notes else []

@@ -25,6 +25,7 @@ def test_quick_accuracy_bench_writes_rows_per_dataset_and_keeps_others(tmp_path,
     assert "--refit --class-weight balanced" in refit["command"]
     assert refit["train_rows"] == 200  # the held-out 40 rejoin training
     assert {"dataset", "split", "metric", "mean", "std", "seeds", "model", "command"} <= set(row)
+    assert row["precision"] in {"fp32", "bf16"}  # what --precision auto chose here
     assert row["seeds"] == [1, 2] and len(row["values"]) == 2 and 0 <= row["mean"] <= 1 and row["rows"] == 500
     assert row["train_rows"] == 160  # the 200-row sample less the seeded 20% dev split
     assert "bertclf train" in row["command"] and "--seed S" in row["command"] and "trec/test.csv" in row["command"]
@@ -36,7 +37,8 @@ def test_quick_accuracy_bench_writes_rows_per_dataset_and_keeps_others(tmp_path,
                      ("goemotions", "defaults", "macro_f1"),
                      ("goemotions", "thresholds 0.5", "macro_f1"), ("goemotions", "3 epochs", "macro_f1"),
                      ("goemotions", "3 epochs, thresholds 0.5", "macro_f1"), ("goemotions", "lr 2e-4", "macro_f1"),
-                     ("goemotions", "lr 2e-4, thresholds 0.5", "macro_f1")}
+                     ("goemotions", "lr 2e-4, thresholds 0.5", "macro_f1"), ("goemotions", "7 epochs", "macro_f1"),
+                     ("goemotions", "7 epochs, thresholds 0.5", "macro_f1")}
     assert all(r["epochs"] == [1] for r in rows if r["dataset"] == "goemotions")  # --quick: 1 epoch in every variant
     markdown = (tmp_path / "accuracy.md").read_text()
     assert "| trec | defaults | test (500) | accuracy |" in markdown and "| goemotions | thresholds 0.5 |" in markdown
