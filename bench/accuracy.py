@@ -30,7 +30,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from common import DATASETS, DOCS, REPO
+from bertclf.artifact import atomic_write_text
+from common import DATASETS, DOCS, REPO, write_results
 
 GNU_TIME = "/usr/bin/time"  # Debian package 'time'; without it peak RSS is not recorded
 
@@ -139,7 +140,7 @@ def run_once(command: list[str], reuse: bool = False) -> tuple[dict, float, floa
     if proc.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
     rss = int(proc.stderr.strip().splitlines()[-1].split()[-1]) / 1024 if timed else None
-    sidecar.write_text(json.dumps({"command": command, "seconds": seconds, "peak_rss_mb": rss}, indent=1) + "\n")
+    atomic_write_text(str(sidecar), json.dumps({"command": command, "seconds": seconds, "peak_rss_mb": rss}, indent=1) + "\n")
     return json.loads((out / "bertclf.json").read_text()), seconds, rss
 
 
@@ -277,9 +278,7 @@ def main() -> None:
         earlier = docs / "accuracy.json"  # other datasets' and variants' rows from earlier runs stay
         kept = [r for r in json.loads(earlier.read_text())["rows"] if (r["dataset"], variant_of(r)) != (name, variant)] if earlier.exists() else []
         every = sorted(kept + rows, key=lambda r: (suite_order(r["dataset"]), variants(r["dataset"]).index(variant_of(r))))
-        docs.mkdir(parents=True, exist_ok=True)
-        (docs / "accuracy.json").write_text(json.dumps({"rows": every}, indent=2) + "\n")
-        (docs / "accuracy.md").write_text(markdown(every))
+        write_results("accuracy", {"rows": every}, markdown(every), docs)
 
 
 if __name__ == "__main__":

@@ -91,7 +91,10 @@ def run_child(script: str, args: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def write_results(stem: str, payload: dict, markdown: str) -> None:
-    DOCS.mkdir(parents=True, exist_ok=True)
-    (DOCS / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (DOCS / f"{stem}.md").write_text(markdown)
+def write_results(stem: str, payload: dict, markdown: str, docs: Path = DOCS) -> None:
+    """STEM.json and STEM.md under docs, each renamed into place: a bench killed mid-write leaves the old table."""
+    from bertclf.artifact import atomic_write_text
+
+    docs.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(str(docs / f"{stem}.json"), json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(str(docs / f"{stem}.md"), markdown)

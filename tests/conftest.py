@@ -35,11 +35,25 @@ def subset(name: str, split: str, rows: int, seed: int = 0, label_column: str = 
     return frame.sample(min(rows, len(frame)), random_state=seed).reset_index(drop=True)
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """Environment for a process a test starts, read at its start so the session fixtures' settings reach it."""
+    return {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1", **extra}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def token_cache(tmp_path_factory) -> Path:
     """The tokenisation cache of this test run (and of the processes it starts), not the user's."""
     folder = tmp_path_factory.mktemp("bertclf-cache")
     os.environ["BERTCLF_CACHE"] = str(folder)
+    return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def child_tmpdir(tmp_path_factory) -> Path:
+    """Temporary folder of the processes the tests start: those killed on purpose (SIGKILL runs no cleanup)
+    leave their best-epoch weights here, under pytest's own folders, not in /tmp."""
+    folder = tmp_path_factory.mktemp("child-tmp")
+    os.environ["TMPDIR"] = str(folder)
     return folder
 
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from bertclf.checkpoints import complete, directory_for
 from bertclf.cli import main
 
-from .conftest import REPO, subset
+from .conftest import child_env, subset
 
 BATCHES_PER_EPOCH = 40  # 320 rows / batch 8
 
@@ -30,10 +30,9 @@ def common(tmp_path, write, tiny_model_dir):
 
 
 def start(argv: list) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
     # SIGINT at its default in the child, as in a terminal: a suite run in the background of a non-interactive shell
     # (`pytest &`, nohup) inherits SIGINT ignored, and the Ctrl-C test's signal would be lost.
-    return subprocess.Popen([sys.executable, "-m", "bertclf", *map(str, argv)], env=env,
+    return subprocess.Popen([sys.executable, "-m", "bertclf", *map(str, argv)], env=child_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 

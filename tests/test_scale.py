@@ -15,17 +15,14 @@ from safetensors.torch import load_file
 from bertclf.checkpoints import directory_for
 from bertclf.cli import main
 
-from .conftest import REPO, free_port, subset
+from .conftest import child_env, free_port, subset
 from .test_resume import wait_for_step
-
-# The CPU (gloo) path on every machine: on a one-GPU machine two ranks would both ask for a GPU of their own.
-ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-
 
 def torchrun(argv: list, processes: int = 2) -> subprocess.Popen:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "bertclf", *map(str, argv)]
-    return subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The CPU (gloo) path on every machine: on a one-GPU machine two ranks would both ask for a GPU of their own.
+    return subprocess.Popen(command, env=child_env(CUDA_VISIBLE_DEVICES=""), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def kill_tree(pid: int) -> None:

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from bertclf.batching import Encoded
 from bertclf.serve import Limits, MicroBatcher, QueueFull, create_app
 
-from .conftest import free_port
+from .conftest import child_env, free_port
 
 KEY = "test-key-123"
 
@@ -199,7 +199,7 @@ def test_sigterm_drains_requests_in_flight_and_exits_0(sst_binary):
     proc = subprocess.Popen(
         [sys.executable, "-m", "bertclf", "serve", sst_binary[1], "--port", str(port), "--backend", "torch",
          "--log-level", "warning", "--max-wait-ms", "500"],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"}, stderr=subprocess.PIPE, text=True,
+        env=child_env(), stderr=subprocess.PIPE, text=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:

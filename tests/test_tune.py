@@ -15,9 +15,8 @@ import yaml
 
 from bertclf.cli import main
 
-from .conftest import REPO, subset
+from .conftest import child_env, subset
 
-ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
 
 
 @pytest.fixture
@@ -85,7 +84,7 @@ def test_three_trials_then_resume_to_four(tune_args, capsys):
 
 def test_a_killed_run_loses_only_its_running_trial(tune_args):
     a = tune_args
-    proc = subprocess.Popen([sys.executable, "-m", "bertclf", *command(a, 3)], env=ENV,
+    proc = subprocess.Popen([sys.executable, "-m", "bertclf", *command(a, 3)], env=child_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline:  # wait until trial 1 is running, trial 0 done
