@@ -18,7 +18,6 @@ from bertclf.cli import main
 from .conftest import child_env, subset
 
 
-
 @pytest.fixture
 def tune_args(tmp_path, write, tiny_model_dir):
     train = write("train.csv", subset("sst2_sentences", "train", 160, seed=7))
