@@ -12,7 +12,7 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from bertclf.checkpoints import complete, directory_for
+from bertclf.checkpoints import BEST_FILE, complete, directory_for, remove_orphans
 from bertclf.cli import main
 
 from .conftest import child_env, subset
@@ -111,3 +111,33 @@ def test_resume_refuses_changed_settings(tmp_path, common, capsys):
 def test_resume_without_checkpoints_is_refused(tmp_path, common, capsys):
     assert run([*common, "-o", tmp_path / "fresh", "--resume"]) == 2
     assert "no complete checkpoint to resume from" in capsys.readouterr().err
+
+
+OWN_BEST_WEIGHTS = (  # a process that makes its best-weights file, prints its path, then dies or waits for stdin
+    "import os, signal, sys, torch; from bertclf.checkpoints import BestWeights; best = BestWeights(); "
+    "best.save(torch.nn.Linear(2, 2)); print(best.path, flush=True); "
+    "os.kill(os.getpid(), signal.SIGKILL) if sys.argv[1] == 'die' else sys.stdin.read()"
+)
+
+
+def test_a_killed_runs_best_weights_are_removed_by_the_next_run_but_a_live_runs_are_kept(tmp_path):
+    def own(how: str) -> tuple[subprocess.Popen, str]:
+        proc = subprocess.Popen([sys.executable, "-c", OWN_BEST_WEIGHTS, how], env=child_env(TMPDIR=str(tmp_path)),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        return proc, os.path.dirname(proc.stdout.readline().strip())
+
+    live, live_folder = own("wait")
+    killed, killed_folder = own("die")
+    assert killed.wait() == -signal.SIGKILL and os.path.isfile(os.path.join(killed_folder, BEST_FILE))
+    older = tmp_path / "bertclf-best-from-an-older-version"  # no lock file: whether its run lives is unknown
+    older.mkdir()
+
+    assert remove_orphans(str(tmp_path)) == [killed_folder]
+    assert not os.path.exists(killed_folder) and os.path.isdir(live_folder) and older.is_dir()
+
+    live.stdin.close()  # it exits normally and removes its own folder
+    assert live.wait() == 0 and not os.path.exists(live_folder)
+    _, next_runs_folder = own("die")  # a new run removes nothing of the others' but sweeps before it starts
+    assert older.is_dir() and os.path.isdir(next_runs_folder)
+    own("die")
+    assert not os.path.exists(next_runs_folder), "the next run did not remove the killed run's folder"

@@ -8,6 +8,7 @@ temporary name and renamed, so a kill during a save leaves the previous checkpoi
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -22,6 +23,8 @@ from .errors import BertclfError
 
 PROGRESS_FILE = "progress.json"
 BEST_FILE = "best.safetensors"
+BEST_PREFIX = "bertclf-best-"
+LOCK_FILE = "owner.lock"  # held (flock) by the run that owns the folder; the kernel lets go when the run dies
 _NAME = re.compile(r"^step-(\d+)$")
 
 
@@ -67,13 +70,16 @@ class BestWeights:
 
     A model-sized copy in RAM stayed resident for the rest of the run and raised its peak RSS by that much
     (90 MB for MiniLM-L6 in fp32); writing it takes a fraction of a second per improving epoch. The file is
-    removed by :meth:`close`, or when the object is collected, or at exit (after an error).
+    removed by :meth:`close`, or when the object is collected, or at exit (after an error). A run killed outright
+    (SIGKILL, out of memory) runs none of that: its folder stays until the next run removes it (remove_orphans).
     """
 
     def __init__(self):
-        folder = tempfile.mkdtemp(prefix="bertclf-best-")
+        remove_orphans(tempfile.gettempdir())
+        folder = tempfile.mkdtemp(prefix=BEST_PREFIX)
         self.path = os.path.join(folder, BEST_FILE)
-        self.close = weakref.finalize(self, shutil.rmtree, folder, True)
+        self._lock = _hold_lock(folder)
+        self.close = weakref.finalize(self, _release, folder, self._lock)
 
     @property
     def saved(self) -> bool:
@@ -92,6 +98,40 @@ class BestWeights:
 
     def copy_from(self, path: str) -> None:
         shutil.copyfile(path, self.path)
+
+
+def _hold_lock(folder: str):
+    """Lock a file, then give it its final name, so no other run ever sees the lock file unlocked while we live."""
+    pending = os.path.join(folder, f".{LOCK_FILE}.{os.getpid()}")
+    handle = open(pending, "w")
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    os.rename(pending, os.path.join(folder, LOCK_FILE))
+    return handle
+
+
+def _release(folder: str, handle) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    handle.close()
+
+
+def remove_orphans(parent: str) -> list[str]:
+    """Remove best-weights folders under ``parent`` whose run has died (its lock is free); return their paths.
+
+    Folders without a lock file are left alone: one being created right now, or one of an older bertclf.
+    """
+    removed = []
+    for name in os.listdir(parent):
+        lock_path = os.path.join(parent, name, LOCK_FILE)
+        if not name.startswith(BEST_PREFIX) or not os.path.isfile(lock_path):
+            continue
+        try:
+            with open(lock_path) as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        except OSError:  # held by a live run (or gone, or not ours to open)
+            continue
+        removed.append(os.path.join(parent, name))
+    return removed
 
 
 def save(accelerator, directory: str, progress: dict, best: BestWeights, keep: int) -> str:
