@@ -177,3 +177,29 @@ def test_label_priors_find_a_two_layer_head_and_leave_an_unknown_one_alone():
     before = model.classifier.dense.bias.detach().clone()
     assert not init_label_priors(model, torch.ones(2, 5))  # no output layer of 5 labels: nothing is changed
     assert torch.equal(model.classifier.dense.bias.detach(), before)
+
+
+def test_layer_lr_decay_gives_each_block_its_rate_and_one_step_moves_it_that_much(tiny_model_dir):
+    from bertclf.modeling import load_classifier
+    from bertclf.train import _optimizer, layer_rate_factors
+
+    _, model = load_classifier(tiny_model_dir, ["a", "b"])  # 2 encoder blocks
+    factors = layer_rate_factors(model, 0.5)
+    assert factors["bert.embeddings.word_embeddings.weight"] == 0.125
+    assert factors["bert.encoder.layer.0.attention.self.query.weight"] == 0.25
+    assert factors["bert.encoder.layer.1.output.dense.weight"] == 0.5
+    assert factors["bert.pooler.dense.weight"] == factors["classifier.weight"] == 1.0
+    assert set(layer_rate_factors(model, 1.0).values()) == {1.0}
+    assert len(_optimizer(model, 1e-3, 0.01, 1.0).param_groups) == 2  # decay / no decay, as without the option
+
+    optimizer = _optimizer(model, 1e-3, 0.0, 0.5)
+    grouped = [p for group in optimizer.param_groups for p in group["params"]]
+    assert len(grouped) == len(set(map(id, grouped))) == len(list(model.parameters()))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    ids = torch.randint(1000, 2000, (4, 12))
+    model(input_ids=ids, labels=torch.tensor([0, 1, 0, 1])).loss.backward()
+    optimizer.step()  # Adam's first step moves every weight with a gradient by about its rate
+    moved = {name: (p.detach() - before[name]).abs().max().item() for name, p in model.named_parameters()}
+    for name in ("bert.embeddings.word_embeddings.weight", "bert.encoder.layer.0.attention.self.query.weight",
+                 "bert.encoder.layer.1.output.dense.weight", "classifier.weight"):
+        assert moved[name] == pytest.approx(1e-3 * factors[name], rel=0.05), name

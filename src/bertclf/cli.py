@@ -78,6 +78,8 @@ def _train_parser(sub) -> None:
                                 "Default: 1.25 x an average batch (--batch-size x mean text length); 0 = no cap"),
         "lr": (float, "peak AdamW learning rate; default: 1e-4 for small encoders (hidden ≤ 512), 3e-5 for larger"),
         "weight_decay": (float, "AdamW weight decay (not on biases and LayerNorm)"),
+        "layer_lr_decay": (float, "layer-wise rate decay: the head and pooler train at --lr, the top encoder layer at "
+                                  "--lr x this, each layer below x this again, the embeddings lowest; 1 = one rate"),
         "warmup_ratio": (float, "share of steps with linear warmup, then linear decay"),
         "grad_accum": (int, "gradient accumulation steps"),
         "seed": (int, "seed for the split, head initialisation, dropout and batch order"),

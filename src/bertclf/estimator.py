@@ -40,6 +40,7 @@ class TextClassifier:
     # average batch's (batch_size x mean text length, see batching.default_batch_tokens); 0 = no cap
     lr: float | None = None  # peak AdamW rate; None: 1e-4 for small encoders (hidden ≤ 512), else 3e-5
     weight_decay: float = 0.01
+    layer_lr_decay: float = 1.0  # rate of each encoder layer = the one above's x this (embeddings lowest); 1 = one rate
     warmup_ratio: float = 0.1
     grad_accum: int = 1
     max_grad_norm: float = 1.0
@@ -399,7 +400,8 @@ class TextClassifier:
             "batch_tokens": self.batch_tokens is None or self.batch_tokens == 0 or self.batch_tokens >= self.max_length, "lr": self.lr is None or self.lr > 0,
             "grad_accum": self.grad_accum >= 1, "max_length": self.max_length >= 8,
             "val_fraction": 0 <= self.val_fraction < 1, "warmup_ratio": 0 <= self.warmup_ratio < 1,
-            "weight_decay": self.weight_decay >= 0, "patience": self.patience >= 0,
+            "weight_decay": self.weight_decay >= 0, "layer_lr_decay": 0 < self.layer_lr_decay <= 1,
+            "patience": self.patience >= 0,
             "class_weight": self.class_weight in ("auto", "none", "balanced"),
             "long_texts": self.long_texts in ("truncate", "chunks"),
         }

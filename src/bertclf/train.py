@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -38,17 +39,36 @@ class TrainResult:
     stopped_early: bool = False
 
 
-def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW without decay on biases and LayerNorm weights (the BERT recipe); fused kernel where torch has one."""
-    decay, no_decay = [], []
-    for param in model.parameters():
+_LAYER = re.compile(r"\.layer\.(\d+)\.")  # encoder block index in BERT, RoBERTa, MPNet and DistilBERT parameter names
+
+
+def layer_rate_factors(model: torch.nn.Module, decay: float) -> dict[str, float]:
+    """Each parameter's share of the peak rate under layer-wise decay (Clark et al. 2020, ELECTRA): the head, pooler
+    and anything else above the encoder 1, block i of L decay ** (L - i), the embeddings decay ** (L + 1).
+    The lower layers hold general language knowledge that fine-tuning should move least."""
+    layers = model.config.num_hidden_layers
+    factors = {}
+    for name, _ in model.named_parameters():
+        block = _LAYER.search(name)
+        depth = int(block.group(1)) + 1 if block else 0 if "embeddings" in name else layers + 1
+        factors[name] = decay ** (layers + 1 - depth)
+    return factors
+
+
+def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float, layer_lr_decay: float) -> torch.optim.Optimizer:
+    """AdamW without decay on biases and LayerNorm weights (the BERT recipe), one group per rate under layer-wise
+    decay; fused kernel where torch has one."""
+    factors = layer_rate_factors(model, layer_lr_decay)
+    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim < 2 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            groups.setdefault((factors[name], param.ndim >= 2), []).append(param)
+    param_groups = [{"params": params, "lr": lr * factor, "weight_decay": weight_decay if decays else 0.0}
+                    for (factor, decays), params in sorted(groups.items(), key=lambda kv: (-kv[0][0], not kv[0][1]))]
     try:
-        return torch.optim.AdamW(groups, lr=lr, fused=True)
+        return torch.optim.AdamW(param_groups, lr=lr, fused=True)
     except (RuntimeError, TypeError):  # no fused kernel for this device or dtype
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(param_groups, lr=lr)
 
 
 def _dev_logits(accelerator, model: torch.nn.Module, dev: Encoded, pad_id: int) -> np.ndarray:
@@ -132,7 +152,7 @@ def train(
         # or a resumed run (whose iterator starts mid-epoch) would see different dropout masks.
         generator=torch.Generator().manual_seed(params.seed),
     )
-    optimizer = _optimizer(model, lr, params.weight_decay)
+    optimizer = _optimizer(model, lr, params.weight_decay, params.layer_lr_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     # The sampler already shards; accelerate's loader wrapper only moves batches to the device and tells
     # gradient accumulation where an epoch ends, so it is told this loader is one process's whole share.
