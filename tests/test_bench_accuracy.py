@@ -19,10 +19,13 @@ def test_quick_accuracy_bench_writes_rows_per_dataset_and_keeps_others(tmp_path,
     rows = run(tmp_path, tiny_model_dir, "trec", "1,2")["rows"]
     assert [(r["dataset"], r["variant"], r["split"], r["metric"]) for r in rows] == [
         ("trec", "defaults", "test", "accuracy"), ("trec", "class-weight none", "test", "accuracy"),
-        ("trec", "refit class-weight balanced", "test", "accuracy"), ("trec", "refit class-weight none", "test", "accuracy")]
-    row, unweighted, refit, _ = rows
+        ("trec", "refit class-weight balanced", "test", "accuracy"), ("trec", "refit class-weight none", "test", "accuracy"),
+        ("trec", "refit class-weight none batch 16", "test", "accuracy"), ("trec", "refit class-weight none lr 5e-5", "test", "accuracy"),
+        ("trec", "refit class-weight none layer-lr-decay 0.8", "test", "accuracy")]
+    row, unweighted, refit, _, batch16, _, layer_decay = rows
     assert "--class-weight none" in unweighted["command"] and "--class-weight" not in row["command"]
     assert "--refit --class-weight balanced" in refit["command"]
+    assert "--batch-size 16" in batch16["command"] and "--layer-lr-decay 0.8" in layer_decay["command"]
     assert refit["train_rows"] == 200  # the held-out 40 rejoin training
     assert {"dataset", "split", "metric", "mean", "std", "seeds", "model", "command"} <= set(row)
     assert row["precision"] in {"fp32", "bf16"}  # what --precision auto chose here
@@ -34,6 +37,8 @@ def test_quick_accuracy_bench_writes_rows_per_dataset_and_keeps_others(tmp_path,
     kinds = {(r["dataset"], r["variant"], r["metric"]) for r in rows}
     assert kinds == {("trec", "defaults", "accuracy"), ("trec", "class-weight none", "accuracy"),
                      ("trec", "refit class-weight balanced", "accuracy"), ("trec", "refit class-weight none", "accuracy"),
+                     ("trec", "refit class-weight none batch 16", "accuracy"), ("trec", "refit class-weight none lr 5e-5", "accuracy"),
+                     ("trec", "refit class-weight none layer-lr-decay 0.8", "accuracy"),
                      ("goemotions", "defaults", "macro_f1"),
                      ("goemotions", "thresholds 0.5", "macro_f1"), ("goemotions", "3 epochs", "macro_f1"),
                      ("goemotions", "3 epochs, thresholds 0.5", "macro_f1"), ("goemotions", "lr 2e-4", "macro_f1"),
