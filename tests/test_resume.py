@@ -137,7 +137,8 @@ def test_a_killed_runs_best_weights_are_removed_by_the_next_run_but_a_live_runs_
 
     live.stdin.close()  # it exits normally and removes its own folder
     assert live.wait() == 0 and not os.path.exists(live_folder)
-    _, next_runs_folder = own("die")  # a new run removes nothing of the others' but sweeps before it starts
-    assert older.is_dir() and os.path.isdir(next_runs_folder)
-    own("die")
+    killed, next_runs_folder = own("die")  # a new run removes nothing of the others' but sweeps before it starts
+    assert killed.wait() == -signal.SIGKILL and older.is_dir() and os.path.isdir(next_runs_folder)
+    killed, _ = own("die")
+    assert killed.wait() == -signal.SIGKILL
     assert not os.path.exists(next_runs_folder), "the next run did not remove the killed run's folder"
