@@ -147,6 +147,25 @@ def test_long_texts_split_into_overlapping_windows_and_pool_back(default_model_d
     assert np.allclose(pooled[[0, 2]], logits[[0, -1]])
 
 
+def test_head_and_tail_keep_both_ends_of_long_texts_only(default_model_dir, tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    monkeypatch.setenv("BERTCLF_CACHE", str(tmp_path))
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    words = " ".join(f"w{i}" for i in range(60))  # about 150 word pieces
+    texts = ["short one", words]
+    enc = encode(tokenizer, texts, 32, cache=True, head=8)
+    whole = tokenizer(words, add_special_tokens=False)["input_ids"]
+    assert enc.truncated == 1 and enc.text_of is None
+    assert enc.input_ids[0] == tokenizer("short one")["input_ids"]  # a text that fits is untouched
+    assert enc.input_ids[1] == [tokenizer.cls_token_id, *whole[:8], *whole[-22:], tokenizer.sep_token_id]
+    assert encode(tokenizer, texts, 32, cache=True, head=8).input_ids == enc.input_ids  # read back from the cache
+    assert encode(tokenizer, texts, 32, cache=True).input_ids[1][1:-1] == whole[:30]  # truncation: its own entry
+    assert encode(tokenizer, texts, 32, head=40).input_ids[1][1:-1] == whole[:30]  # a head past the limit: the start
+    with pytest.raises(ValueError, match="not both"):
+        encode(tokenizer, texts, 32, overlap=8, head=8)
+
+
 def test_tokenizers_that_drop_windows_are_refused(default_model_dir, monkeypatch):
     import tokenizers
     from transformers import AutoTokenizer
@@ -167,6 +186,6 @@ def test_the_encode_cache_is_keyed_on_the_tokenizers_release(default_model_dir, 
     from bertclf.batching import _cache_path
 
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
-    before = _cache_path(tokenizer, ["a text"], 32, 8)
+    before = _cache_path(tokenizer, ["a text"], 32, 8, None)
     monkeypatch.setattr(tokenizers, "__version__", "0.23.2")  # windows cached by a broken release are not read back
-    assert _cache_path(tokenizer, ["a text"], 32, 8) != before
+    assert _cache_path(tokenizer, ["a text"], 32, 8, None) != before

@@ -242,6 +242,21 @@ def test_chunked_long_texts_train_on_windows_and_score_each_text_once(tiny_model
     assert len(pd.read_csv(tmp_path / "p.csv")) == 12
 
 
+def test_head_tail_long_texts_are_kept_by_the_artifact(tiny_model_dir, tmp_path):
+    train = subset("imdb", "train", 24, seed=1)
+    train.to_csv(tmp_path / "train.csv", index=False)
+    out = tmp_path / "model"
+    assert main(["train", str(tmp_path / "train.csv"), "-o", str(out), "--model", tiny_model_dir, "--epochs", "1",
+                 "--max-length", "64", "--long-texts", "head-tail", "--val-fraction", "0.25", "--quiet"]) == 0
+    clf = TextClassifier.load(str(out))
+    assert clf.long_texts == "head-tail" and clf.truncated_["train"] > 10
+    review = train.text.iloc[0] + " In the end: awful."
+    ids = clf._encode([review]).input_ids[0]
+    ending = clf.tokenizer_(" In the end: awful.", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 64 and ids[-1 - len(ending):-1] == ending  # prediction sees the review's last words
+    assert clf.predict_proba([review]).shape == (1, 2)
+
+
 def test_token_budget_training_is_recorded_and_checked(tiny_model_dir, tmp_path):
     train = subset("sst2_sentences", "train", 64, seed=2)
     texts, labels = train.text.tolist(), train.label.tolist()

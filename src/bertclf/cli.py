@@ -98,8 +98,9 @@ def _train_parser(sub) -> None:
                         "3x the smallest's texts, else none (on multi-label data, BCE pos_weight, it hurt GoEmotions). "
                         "TREC with --refit scored 0.8 point less weighted than with none "
                         f"(default: {defaults['class_weight']})")
-    p.add_argument("--long-texts", choices=("truncate", "chunks"),
-                   help="texts longer than --max-length: truncate, or chunks: split into windows overlapping by a "
+    p.add_argument("--long-texts", choices=("truncate", "head-tail", "chunks"),
+                   help="texts longer than --max-length: truncate (keep the start); head-tail: keep the first quarter "
+                        "of --max-length tokens and the last three quarters (128 + 382 of 512); or chunks: split into windows overlapping by a "
                         "quarter of --max-length, each trained on with its text's label; a text's score is the mean "
                         "of its windows' logits (dev, test, predict, serve) (default: truncate)")
     p.add_argument("--tune-thresholds", action=argparse.BooleanOptionalAction, default=None,

@@ -50,7 +50,8 @@ class TextClassifier:
     val_fraction: float = 0.2  # seeded stratified dev split when no eval_set is given; 0 = no dev set
     class_weight: str = "auto"  # none | balanced: weight the loss by inverse class (label) frequency; auto: balanced
     # for single-label data whose largest class has ≥ 3x the smallest's texts, else none (see derived_class_weight)
-    long_texts: str = "truncate"  # truncate | chunks: split longer texts into overlapping windows, mean of their logits
+    long_texts: str = "truncate"  # truncate | head-tail: keep a quarter of max_length from the start, the rest from
+    # the end | chunks: split longer texts into overlapping windows, mean of their logits
     tune_thresholds: bool = True  # multi-label with a dev set: per-label thresholds that maximise dev F1 (else 0.5)
     refit: bool = False  # after dev picks the best epoch, train again from the pretrained weights on train + dev
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
@@ -130,7 +131,7 @@ class TextClassifier:
         dev_encoded = self._encode_with(tokenizer, dev_texts, cache=True) if dev_texts else None
         self.truncated_ = {"train": train_encoded.truncated, "dev": dev_encoded.truncated if dev_encoded else 0}
         if any(self.truncated_.values()):
-            how = ("split into windows of" if self.long_texts == "chunks" else "truncated to")
+            how = {"chunks": "split into windows of", "head-tail": "cut to their first and last"}.get(self.long_texts, "truncated to")
             hint = "" if self.long_texts == "chunks" else " (raise --max-length, or --long-texts chunks, to keep more)"
             self._say(f"{how} {self.max_length} tokens: {self.truncated_['train']} train and "
                       f"{self.truncated_['dev']} dev texts{hint}")
@@ -353,8 +354,9 @@ class TextClassifier:
             raise BertclfError(f"texts at positions {bad[:10]} are not valid Unicode (lone surrogates); clean them") from None
 
     def _encode_with(self, tokenizer, texts: Sequence[str], cache: bool = False) -> Encoded:
-        overlap = self.max_length // 4 if self.long_texts == "chunks" else None
-        return encode(tokenizer, texts, self.max_length, cache=cache, overlap=overlap)
+        quarter = self.max_length // 4  # the windows' overlap, or the head kept (128 of 512, as Sun et al. 2019)
+        return encode(tokenizer, texts, self.max_length, cache=cache, overlap=quarter if self.long_texts == "chunks" else None,
+                      head=quarter if self.long_texts == "head-tail" else None)
 
     def _forward(self, encoded: Encoded) -> np.ndarray:
         """Logits per text in input order from the loaded backend (torch fp32 right after fit); a text split
@@ -403,7 +405,7 @@ class TextClassifier:
             "weight_decay": self.weight_decay >= 0, "layer_lr_decay": 0 < self.layer_lr_decay <= 1,
             "patience": self.patience >= 0,
             "class_weight": self.class_weight in ("auto", "none", "balanced"),
-            "long_texts": self.long_texts in ("truncate", "chunks"),
+            "long_texts": self.long_texts in ("truncate", "head-tail", "chunks"),
         }
         bad = [name for name, ok in rules.items() if not ok]
         if bad:
