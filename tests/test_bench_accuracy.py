@@ -21,8 +21,11 @@ def test_quick_accuracy_bench_writes_rows_per_dataset_and_keeps_others(tmp_path,
         ("trec", "defaults", "test", "accuracy"), ("trec", "class-weight none", "test", "accuracy"),
         ("trec", "refit class-weight balanced", "test", "accuracy"), ("trec", "refit class-weight none", "test", "accuracy"),
         ("trec", "refit class-weight none batch 16", "test", "accuracy"), ("trec", "refit class-weight none lr 5e-5", "test", "accuracy"),
-        ("trec", "refit class-weight none layer-lr-decay 0.8", "test", "accuracy")]
-    row, unweighted, refit, _, batch16, _, layer_decay = rows
+        ("trec", "refit class-weight none layer-lr-decay 0.8", "test", "accuracy"),
+        ("trec", "mpnet refit class-weight none", "test", "accuracy")]
+    row, unweighted, refit, _, batch16, _, layer_decay, mpnet = rows
+    assert mpnet["command"].count("--model") == 1 and "all-mpnet-base-v2" not in mpnet["command"]  # --model replaces the variant's
+    assert mpnet["model"] == tiny_model_dir and "--refit --class-weight none" in mpnet["command"]
     assert "--class-weight none" in unweighted["command"] and "--class-weight" not in row["command"]
     assert "--refit --class-weight balanced" in refit["command"]
     assert "--batch-size 16" in batch16["command"] and "--layer-lr-decay 0.8" in layer_decay["command"]
@@ -38,7 +41,7 @@ def test_quick_accuracy_bench_writes_rows_per_dataset_and_keeps_others(tmp_path,
     assert kinds == {("trec", "defaults", "accuracy"), ("trec", "class-weight none", "accuracy"),
                      ("trec", "refit class-weight balanced", "accuracy"), ("trec", "refit class-weight none", "accuracy"),
                      ("trec", "refit class-weight none batch 16", "accuracy"), ("trec", "refit class-weight none lr 5e-5", "accuracy"),
-                     ("trec", "refit class-weight none layer-lr-decay 0.8", "accuracy"),
+                     ("trec", "refit class-weight none layer-lr-decay 0.8", "accuracy"), ("trec", "mpnet refit class-weight none", "accuracy"),
                      ("goemotions", "defaults", "macro_f1"),
                      ("goemotions", "thresholds 0.5", "macro_f1"), ("goemotions", "3 epochs", "macro_f1"),
                      ("goemotions", "3 epochs, thresholds 0.5", "macro_f1"), ("goemotions", "lr 2e-4", "macro_f1"),
