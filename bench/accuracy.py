@@ -179,8 +179,6 @@ def dataset_rows(name: str, variant: str, seeds: list[int], model: str | None, w
     if model and "--model" in flags:  # --model replaces a variant's own model too (a smoke run with a tiny one)
         at = flags.index("--model")
         flags = flags[:at] + flags[at + 2:]
-    if MPNET in flags and not Path(MPNET).exists():
-        raise SystemExit(f"{MPNET} is missing: run bash scripts/get_mpnet.sh first (the {name} '{variant}' variant trains it)")
     folder = DATASETS / name
     sample = spec.get("quick_sample", 200) if quick else spec.get("train_sample")
     rows = []
@@ -287,6 +285,10 @@ def main() -> None:
     plan = [(n, v) for n in names for v in variants(n) if wanted is None or v in wanted]
     if not plan:
         parser.error(f"no variant named {args.variants} in {args.datasets}")
+    needs_mpnet = [f"{n} '{v}'" for n, v in plan if MPNET in spec_of(n).get("variants", {"": []})[v]]
+    if needs_mpnet and not args.model and not Path(MPNET).exists():  # said before any run, not after hours of them
+        parser.error(f"{MPNET} is missing: run bash scripts/get_mpnet.sh first ({', '.join(needs_mpnet)} train it), "
+                     "or leave those variants out with --variants")
     seeds = [int(s) for s in args.seeds.split(",")]
     docs = Path(args.output) if args.output else DOCS
     work = Path(args.output) / "runs" if args.output else REPO / "runs" / "accuracy"
