@@ -157,7 +157,12 @@ def run_once(command: list[str], reuse: bool = False) -> tuple[dict, float, floa
 
 def variants(name: str) -> list[str]:
     """A dataset's suite variants in table order; "" is the defaults."""
-    return list(spec_of(name).get("variants", {"": []}))
+    return list(variant_flags(name))
+
+
+def variant_flags(name: str) -> dict[str, list[str]]:
+    """A dataset's variants and the flags each adds to the defaults."""
+    return spec_of(name).get("variants", {"": []})
 
 
 def suite_order(name: str) -> tuple[int, str]:
@@ -175,7 +180,7 @@ def dataset_rows(name: str, variant: str, seeds: list[int], model: str | None, w
                  reuse: bool = False) -> list[dict]:
     """Train one variant of one dataset once per seed; its table rows (per reported split and metric)."""
     spec = spec_of(name)
-    flags = spec.get("variants", {"": []})[variant]
+    flags = variant_flags(name)[variant]
     if model and "--model" in flags:  # --model replaces a variant's own model too (a smoke run with a tiny one)
         at = flags.index("--model")
         flags = flags[:at] + flags[at + 2:]
@@ -285,7 +290,7 @@ def main() -> None:
     plan = [(n, v) for n in names for v in variants(n) if wanted is None or v in wanted]
     if not plan:
         parser.error(f"no variant named {args.variants} in {args.datasets}")
-    needs_mpnet = [f"{n} '{v}'" for n, v in plan if MPNET in spec_of(n).get("variants", {"": []})[v]]
+    needs_mpnet = [f"{n} '{v}'" for n, v in plan if MPNET in variant_flags(n)[v]]
     if needs_mpnet and not args.model and not Path(MPNET).exists():  # said before any run, not after hours of them
         parser.error(f"{MPNET} is missing: run bash scripts/get_mpnet.sh first ({', '.join(needs_mpnet)} train it), "
                      "or leave those variants out with --variants")
