@@ -40,7 +40,10 @@ MPNET = str(REPO / "models" / "all-mpnet-base-v2")  # all-mpnet-base-v2 (110M pa
 # The published anchors come from ../shared/datasets/README.md; targets are those of issue 3.
 SUITE: dict[str, dict] = {
     # GLUE SST-2 (67,349 train phrases and sentences): the split the published anchors and issue 3's target use.
-    "sst2": {"metrics": ["accuracy"], "report": ["dev", "test"], "anchor": "MiniLM-L6-H384 91.5, DistilBERT 91.3 (GLUE dev)", "target": {"accuracy": 0.915}},
+    # MiniLM's dev accuracy peaks by the second epoch near 0.89; the larger model (bash scripts/get_mpnet.sh) gets the
+    # one epoch of 67k phrases that fits the hour per dataset at its ~38 samples/s.
+    "sst2": {"metrics": ["accuracy"], "report": ["dev", "test"], "anchor": "MiniLM-L6-H384 91.5, DistilBERT 91.3 (GLUE dev)", "target": {"accuracy": 0.915},
+             "variants": {"": [], "mpnet 1 epoch": ["--model", MPNET, "--epochs", "1"]}},
     # The Kim (2014) sentence-level split: 6,920 train sentences, same dev and test sentences as GLUE's.
     "sst2_sentences": {"metrics": ["accuracy"], "report": ["dev", "test"], "anchor": "MiniLM-L6-H384 91.5, DistilBERT 91.3 (GLUE dev, trained on 67k phrases)", "target": {"accuracy": 0.915}},
     # No dev file: the 20% held out of train picks the epoch; the refit variants then train on all of train.
