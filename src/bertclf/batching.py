@@ -62,14 +62,10 @@ def encode(tokenizer, texts: Sequence[str], max_length: int, cache: bool = False
     if overlap is not None and head is not None:
         raise ValueError("pass overlap (windows) or head (head and tail), not both")
     path = _cache_path(tokenizer, texts, max_length, overlap, head) if cache else None
-    if path and os.path.isfile(path):
-        try:
-            with np.load(path) as stored:
-                flat, offsets, truncated = stored["ids"].tolist(), stored["offsets"].tolist(), int(stored["truncated"])
-                text_of = stored["text_of"] if overlap is not None else None
-            return Encoded([flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])], truncated, text_of)
-        except (OSError, ValueError, KeyError):  # unreadable: tokenise again and replace it
-            pass
+    stored = read_arrays(path, "ids", "offsets", "truncated", *(["text_of"] if overlap is not None else []))
+    if stored:  # else absent or unreadable: tokenise again and replace it
+        flat, offsets = stored["ids"].tolist(), stored["offsets"].tolist()
+        return Encoded([flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])], int(stored["truncated"]), stored.get("text_of"))
     if head is not None:
         ids, truncated = _head_and_tail(tokenizer, texts, max_length, head)
         if path:
@@ -140,34 +136,60 @@ def cache_dir() -> str | None:
 
 
 def _cache_path(tokenizer, texts: Sequence[str], max_length: int, overlap: int | None, head: int | None) -> str | None:
-    folder, backend = cache_dir(), getattr(tokenizer, "backend_tokenizer", None)
-    if folder is None or backend is None:  # slow tokenizers have no serialisable definition to key on
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # slow tokenizers have no serialisable definition to key on
         return None
     # Its truncation and padding settings change with each call's arguments (max_length is keyed below).
     definition = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
     key = hashlib.sha256(json.dumps(definition, sort_keys=True).encode())
     # The tokenizers release too: 0.23.1-0.23.2 cut windows short, and their entries must not outlive an upgrade.
-    key.update(f"{tokenizers.__version__}|{type(tokenizer).__name__}|{tokenizer.truncation_side}|{max_length}|{overlap}|{head}|"
-               f"{len(texts)}".encode())
+    key.update(f"{tokenizers.__version__}|{type(tokenizer).__name__}|{tokenizer.truncation_side}|{max_length}|{overlap}|{head}|".encode())
+    return cached_path("encoded", key, texts)
+
+
+def cached_path(kind: str, key, texts: Sequence[str]) -> str | None:
+    """Where the cache keeps a ``kind`` of array computed from ``texts``: ``key`` (a hashlib object holding
+    whatever else the arrays depend on) is extended with the texts themselves. None when caching is off."""
+    folder = cache_dir()
+    if folder is None:
+        return None
+    key.update(f"{len(texts)}|".encode())
     for text in texts:
         key.update(text.encode("utf-8", "surrogatepass") + b"\0")
-    return os.path.join(folder, "encoded", key.hexdigest() + ".npz")
+    return os.path.join(folder, kind, key.hexdigest() + ".npz")
 
 
-def _store(path: str, ids: list[list[int]], truncated: int, text_of: np.ndarray | None) -> None:
-    offsets = np.cumsum([0] + [len(row) for row in ids])
-    flat = np.fromiter((t for row in ids for t in row), dtype=np.int32, count=int(offsets[-1]))
+def read_arrays(path: str | None, *names: str) -> dict[str, np.ndarray] | None:
+    """The named arrays stored at ``path`` by :func:`store_arrays`, or None if any is missing or unreadable."""
+    if not path or not os.path.isfile(path):
+        return None
+    try:
+        with np.load(path) as stored:
+            return {name: stored[name] for name in names}
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def store_arrays(path: str | None, **arrays) -> None:
+    """Write ``arrays`` to ``path`` atomically (a reader never sees half a file); quietly nothing on failure."""
+    if not path:
+        return
     tmp = None
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
         with os.fdopen(fd, "wb") as out:
-            np.savez(out, ids=flat, offsets=offsets, truncated=truncated,
-                     **({"text_of": text_of} if text_of is not None else {}))
+            np.savez(out, **arrays)
         os.replace(tmp, path)
-    except OSError:  # a cache that cannot be written is no reason to stop; the ids are in memory
+    except OSError:  # a cache that cannot be written is no reason to stop; the arrays are in memory
         if tmp and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _store(path: str, ids: list[list[int]], truncated: int, text_of: np.ndarray | None) -> None:
+    offsets = np.cumsum([0] + [len(row) for row in ids])
+    flat = np.fromiter((t for row in ids for t in row), dtype=np.int32, count=int(offsets[-1]))
+    store_arrays(path, ids=flat, offsets=offsets, truncated=truncated, **({"text_of": text_of} if text_of is not None else {}))
 
 
 def collate(rows: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -81,6 +81,9 @@ def _train_parser(sub) -> None:
         "layer_lr_decay": (float, "layer-wise rate decay: the head and pooler train at --lr, the top encoder layer at "
                                   "--lr x this, each layer below x this again, the embeddings lowest; 1 = one rate"),
         "warmup_ratio": (float, "share of steps with linear warmup, then linear decay"),
+        "distill_weight": (float, "with --teacher: share of the loss that matches the teacher, the rest fits the labels"),
+        "distill_temperature": (float, "with --teacher: both models' logits are divided by this before they are "
+                                       "compared (softer targets), the loss multiplied by its square"),
         "grad_accum": (int, "gradient accumulation steps"),
         "seed": (int, "seed for the split, head initialisation, dropout and batch order"),
         "patience": (int, "stop after this many epochs without dev improvement; 0 = never"),
@@ -111,6 +114,10 @@ def _train_parser(sub) -> None:
                         "dev for that many epochs (about twice the time; the model learns from every labelled text, "
                         "most useful where the dev set is held out of a small training file). Dev metrics and "
                         "thresholds stay those of the selection run")
+    p.add_argument("--teacher", metavar="DIR",
+                   help="knowledge distillation: a model directory from 'bertclf train' on the same labels (e.g. a larger, "
+                        "slower model); this model also learns to match its predictions on the training texts. The "
+                        "teacher scores them once (kept in the cache for the next run)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
                    help="auto: bf16 on CPUs/GPUs that have it, fp16 on older GPUs, else fp32 (default: auto)")
     p.add_argument("--compile", action="store_true", default=None,

@@ -7,6 +7,8 @@ ends in an underscore. The CLI is a thin layer over this class.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import os
 import sys
@@ -17,13 +19,14 @@ import numpy as np
 import torch
 
 from . import artifact, backends
-from .batching import Encoded, default_batch_tokens, encode
+from .batching import Encoded, cached_path, default_batch_tokens, encode, read_arrays, store_arrays
 from .checkpoints import Checkpointing
 from .data import check_classes, check_known_labels, content_sha256, imbalance, infer_task, label_counts
 from .errors import BertclfError
 from .metrics import check_metric, compute, headline, tune_thresholds
 from .modeling import (DEFAULT_MODEL, cheap_dropout, device_type, init_label_priors, is_main_process, load_classifier,
-                       load_tokenizer, process_state, resident_embedding_grad, resolve_model, training_attention)
+                       load_tokenizer, process_state, resident_embedding_grad, resolve_model, resolve_precision,
+                       training_attention)
 from .predict import decide, predict_logits, probabilities
 
 
@@ -54,6 +57,10 @@ class TextClassifier:
     # the end | chunks: split longer texts into overlapping windows, mean of their logits
     tune_thresholds: bool = True  # multi-label with a dev set: per-label thresholds that maximise dev F1 (else 0.5)
     refit: bool = False  # after dev picks the best epoch, train again from the pretrained weights on train + dev
+    teacher: str | None = None  # a bertclf model directory (same classes) whose predictions the model also learns
+    # from: knowledge distillation, e.g. from a larger, slower model into the small one you will serve
+    distill_weight: float = 0.5  # share of the loss that matches the teacher (the rest fits the labels)
+    distill_temperature: float = 2.0  # softens both models' outputs before they are compared (Hinton et al. 2015)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     compile: bool = False  # torch.compile the model: faster steps after a one-off compile of about a minute
     verbose: bool = True
@@ -129,6 +136,7 @@ class TextClassifier:
             )
         train_encoded = self._encode_with(tokenizer, train_texts, cache=True)
         dev_encoded = self._encode_with(tokenizer, dev_texts, cache=True) if dev_texts else None
+        teacher = self._teacher_logits({"train": train_texts, "dev": dev_texts}) if self.teacher else None
         self.truncated_ = {"train": train_encoded.truncated, "dev": dev_encoded.truncated if dev_encoded else 0}
         if any(self.truncated_.values()):
             how = {"chunks": "split into windows of", "head-tail": "cut to their first and last"}.get(self.long_texts, "truncated to")
@@ -138,7 +146,7 @@ class TextClassifier:
 
         result, record = self._train_run(
             source, tokenizer, train_encoded, train_labels, dev_encoded, dev_labels, self.epochs,
-            checkpointing=checkpointing, on_epoch=on_epoch,
+            teacher_logits=teacher["train"] if teacher else None, checkpointing=checkpointing, on_epoch=on_epoch,
             fingerprint={
                 **{k: v for k, v in self.get_params().items() if k not in ("verbose", "refit")},
                 "train data": content_sha256(train_texts, train_labels),
@@ -170,10 +178,42 @@ class TextClassifier:
             self.metrics_["dev"] = self._scores(dev_logits, dev_targets)
         self.refit_ = None
         if self.refit:
-            self._refit(source, train_texts + dev_texts, train_labels + dev_labels)
+            self._refit(source, train_texts + dev_texts, train_labels + dev_labels,
+                        torch.cat([teacher["train"], teacher["dev"]]) if teacher else None)
         return self
 
-    def _refit(self, source: str, texts: list[str], labels: list) -> None:
+    def _teacher_logits(self, parts: dict[str, list[str] | None]) -> dict[str, torch.Tensor]:
+        """``self.teacher``'s logits for each part's texts (parts without texts are left out), columns in
+        ``classes_`` order.
+
+        Scoring every training text with a large teacher takes minutes (all-mpnet-base-v2: about 10 on SST-2's
+        67,349 phrases here), so the logits are kept in the cache (see :func:`batching.cache_dir`) under the teacher's
+        record and the texts: a second student of the same teacher (another seed, a refit) reads them back."""
+        record = artifact.read_record(self.teacher)
+        multilabel = self.task_ == "multilabel"
+        if (record["task"] == "multilabel") != multilabel or set(record["classes"]) != set(self.classes_):
+            raise BertclfError(f"{self.teacher}: the teacher predicts {record['task']} {record['classes']}, the training "
+                               f"data has {self.task_} {self.classes_}; distil from a model trained on the same labels")
+        order = [record["classes"].index(name) for name in self.classes_]
+        key = hashlib.sha256(json.dumps(record, sort_keys=True).encode())
+        loaded, out = None, {}
+        for part, texts in parts.items():
+            if not texts:
+                continue
+            path = cached_path("teacher", key.copy(), texts)
+            logits = (read_arrays(path, "logits") or {}).get("logits")
+            if logits is None or logits.shape != (len(texts), len(order)):
+                if loaded is None:
+                    backend = "torch-bf16" if resolve_precision(self.precision, device_type()) == "bf16" else "torch"
+                    loaded = TextClassifier.load(self.teacher, backend=backend)
+                    loaded.verbose = self.verbose
+                self._say(f"teacher {self.teacher}: scoring {len(texts)} {part} texts ({loaded.backend_})")
+                logits = loaded._logits(texts)[:, order]
+                store_arrays(path, logits=logits)
+            out[part] = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))
+        return out
+
+    def _refit(self, source: str, texts: list[str], labels: list, teacher_logits: torch.Tensor | None = None) -> None:
         """Replace the selected model with one trained from the pretrained weights on ``texts`` (train + dev) for
         the selected number of epochs. Dev metrics and thresholds stay those of the selection run: the dev texts
         are now training data, so they can no longer score the model; the test set still scores it honestly."""
@@ -182,13 +222,15 @@ class TextClassifier:
                   f"for the best epoch count, {epochs}")
         self.model_ = None  # the selected model's memory back before the second one is built
         encoded = self._encode_with(self.tokenizer_, texts, cache=True)
-        result, record = self._train_run(source, self.tokenizer_, encoded, labels, None, None, epochs)
+        result, record = self._train_run(source, self.tokenizer_, encoded, labels, None, None, epochs,
+                                         teacher_logits=teacher_logits)
         self.model_ = result.model
         self.refit_ = {"rows": len(texts), "history": result.history, **record}
         self.data_["train"]["rows_used"] = len(texts)
 
     def _train_run(self, source: str, tokenizer, train_encoded: Encoded, train_labels: list, dev_encoded: Encoded | None,
-                   dev_labels: list | None, epochs: int | None, *, checkpointing: Checkpointing | None = None,
+                   dev_labels: list | None, epochs: int | None, *, teacher_logits: torch.Tensor | None = None,
+                   checkpointing: Checkpointing | None = None,
                    on_epoch: Callable[[dict], None] | None = None, fingerprint: dict | None = None) -> tuple:
         """One training run from the pretrained weights and a freshly seeded head: the loop of :mod:`train`
         with this estimator's settings, keeping the best epoch on ``dev_encoded`` (the last without one).
@@ -208,8 +250,10 @@ class TextClassifier:
         if multilabel and not init_label_priors(model, train_targets):
             self._say("could not find the model's output layer: its label biases start at zero, not at the label "
                       "frequencies (multi-label training may learn slowly)")
-        if train_encoded.text_of is not None:  # every window learns its text's label
+        if train_encoded.text_of is not None:  # every window learns its text's label (and its teacher's logits)
             train_targets = train_targets[torch.from_numpy(train_encoded.text_of)]
+            if teacher_logits is not None:
+                teacher_logits = teacher_logits[torch.from_numpy(train_encoded.text_of)]
 
         if self.batch_tokens is None:
             batch_tokens = default_batch_tokens(train_encoded.lengths, self.batch_size)
@@ -239,6 +283,7 @@ class TextClassifier:
                 batch_tokens=batch_tokens,
                 checkpointing=checkpointing,
                 class_weights=self._class_weights(train_labels),
+                teacher_logits=teacher_logits,
                 on_epoch=on_epoch,
                 fingerprint=fingerprint,
             )
@@ -254,6 +299,7 @@ class TextClassifier:
             "attention": attention,
             "threads": torch.get_num_threads(),
             "class_weight": self.class_weight_,
+            "teacher": self.teacher,
         }
 
     # ------------------------------------------------------------------ predict
@@ -403,6 +449,7 @@ class TextClassifier:
             "grad_accum": self.grad_accum >= 1, "max_length": self.max_length >= 8,
             "val_fraction": 0 <= self.val_fraction < 1, "warmup_ratio": 0 <= self.warmup_ratio < 1,
             "weight_decay": self.weight_decay >= 0, "layer_lr_decay": 0 < self.layer_lr_decay <= 1,
+            "distill_weight": 0 <= self.distill_weight <= 1, "distill_temperature": self.distill_temperature > 0,
             "patience": self.patience >= 0,
             "class_weight": self.class_weight in ("auto", "none", "balanced"),
             "long_texts": self.long_texts in ("truncate", "head-tail", "chunks"),

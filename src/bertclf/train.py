@@ -71,6 +71,19 @@ def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float, layer_lr_
         return torch.optim.AdamW(param_groups, lr=lr)
 
 
+def distillation_loss(logits: torch.Tensor, teacher: torch.Tensor, temperature: float, multilabel: bool) -> torch.Tensor:
+    """How far the student's softened outputs are from the teacher's (Hinton et al. 2015): KL divergence of the
+    softmaxes at ``temperature``, or for multi-label the BCE against the teacher's sigmoids; times the squared
+    temperature, so the gradients keep the size of the label loss's whatever the temperature."""
+    student, teacher = logits / temperature, teacher / temperature
+    if multilabel:
+        loss = F.binary_cross_entropy_with_logits(student, torch.sigmoid(teacher))
+    else:
+        loss = F.kl_div(F.log_softmax(student, dim=-1), F.log_softmax(teacher, dim=-1), log_target=True,
+                        reduction="batchmean")
+    return loss * temperature**2
+
+
 def _dev_logits(accelerator, model: torch.nn.Module, dev: Encoded, pad_id: int) -> np.ndarray:
     """Per-text dev logits (windows pooled). Each process scores its share of the rows (rank::N); the shares
     are gathered, so every process holds all logits and all agree on the best epoch."""
@@ -107,6 +120,7 @@ def train(
     checkpointing: Checkpointing | None = None,
     fingerprint: dict | None = None,
     class_weights: torch.Tensor | None = None,
+    teacher_logits: torch.Tensor | None = None,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` for ``epochs`` with the hyperparameters of ``params`` (a :class:`TextClassifier`) at
@@ -115,6 +129,8 @@ def train(
     With ``checkpointing``, the loop saves its whole state at epoch ends (and every N steps) and can
     resume from it; ``fingerprint`` (settings and data hashes) guards against resuming a different run.
     ``class_weights`` weight the loss per class (cross-entropy) or per label (BCE ``pos_weight``).
+    ``teacher_logits`` (one row per training row): a teacher's outputs, matched with ``params.distill_weight`` of
+    the loss (see :func:`distillation_loss`).
     ``on_epoch`` receives each epoch's record (loss, speed, dev metrics) as soon as it is known; an
     exception it raises stops training (a tuner's pruning).
     """
@@ -168,6 +184,8 @@ def train(
         loss_fn = functools.partial(F.binary_cross_entropy_with_logits, pos_weight=class_weights)
     else:
         loss_fn = functools.partial(F.cross_entropy, weight=class_weights)
+    if teacher_logits is not None:
+        teacher_logits = teacher_logits.to(accelerator.device)
 
     progress = {
         "epoch": 1, "batches_done": 0, "step": 0, "finished": False, "history": [], "best_epoch": 0,
@@ -202,6 +220,9 @@ def train(
             with accelerator.accumulate(model):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 loss = loss_fn(logits.float(), batch["labels"])
+                if teacher_logits is not None:
+                    soft = distillation_loss(logits.float(), teacher_logits[batch["index"]], params.distill_temperature, multilabel)
+                    loss = (1 - params.distill_weight) * loss + params.distill_weight * soft
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and params.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), params.max_grad_norm)

@@ -1,0 +1,96 @@
+"""Knowledge distillation (--teacher): the loss, the teacher's cached logits, and the checks on the teacher."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from bertclf import BertclfError, TextClassifier
+from bertclf.cli import main
+from bertclf.train import distillation_loss
+
+from .conftest import FAST, subset
+
+
+def test_distillation_loss_is_zero_or_flat_where_the_student_matches_the_teacher():
+    teacher = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
+    assert distillation_loss(teacher.clone(), teacher, 2.0, False).item() == pytest.approx(0, abs=1e-6)
+    far = torch.zeros_like(teacher)
+    assert distillation_loss(far, teacher, 1.0, False).item() > 0.1
+    # Multi-label: BCE against the teacher's sigmoids, whose gradient vanishes at the teacher's logits.
+    student = teacher.clone().requires_grad_()
+    distillation_loss(student, teacher, 3.0, True).backward()
+    assert torch.allclose(student.grad, torch.zeros_like(teacher), atol=1e-7)
+    # The squared temperature keeps the gradient's size: at T the softened gradient is (p_s - p_t) * T / batch.
+    for temperature in (1.0, 4.0):
+        student = far.clone().requires_grad_()
+        distillation_loss(student, teacher, temperature, False).backward()
+        soft = torch.softmax(far / temperature, -1) - torch.softmax(teacher / temperature, -1)
+        assert torch.allclose(student.grad, soft * temperature / len(teacher), atol=1e-6)
+
+
+def _fit(tiny_model_dir, texts, labels, **params):
+    return TextClassifier(model=tiny_model_dir, **{**FAST, "epochs": 2, "val_fraction": 0, **params}).fit(texts, labels)
+
+
+def test_the_student_learns_from_the_teacher_by_the_given_weight(sst_binary, tiny_model_dir, token_cache):
+    _, teacher_dir, _ = sst_binary
+    train = subset("sst2_sentences", "train", 96, seed=5)
+    texts, labels = train.text.tolist(), train.label.tolist()
+    probe = subset("sst2_sentences", "test", 20, seed=5).text.tolist()
+    plain = _fit(tiny_model_dir, texts, labels)
+    # Weight 0: the teacher is scored (and cached) but the loss, so the model, is the plain run's.
+    ignored = _fit(tiny_model_dir, texts, labels, teacher=teacher_dir, distill_weight=0.0)
+    assert np.allclose(ignored.predict_proba(probe), plain.predict_proba(probe), atol=1e-6)
+    cached = [np.load(path)["logits"] for path in (token_cache / "teacher").glob("*.npz")]
+    assert [logits.shape for logits in cached].count((96, 2)) == 1
+    # Weight 1: only the teacher teaches; labels flipped at random change nothing.
+    flipped = [("positive" if y == "negative" else "negative") if i % 3 else y for i, y in enumerate(labels)]
+    taught = _fit(tiny_model_dir, texts, labels, teacher=teacher_dir, distill_weight=1.0)
+    taught_flipped = _fit(tiny_model_dir, texts, flipped, teacher=teacher_dir, distill_weight=1.0)
+    assert np.allclose(taught.predict_proba(probe), taught_flipped.predict_proba(probe), atol=1e-6)
+    assert not np.allclose(taught.predict_proba(probe), plain.predict_proba(probe), atol=1e-3)
+    assert taught.training_["teacher"] == teacher_dir and taught.distill_weight == 1.0
+
+
+def test_cached_teacher_logits_are_read_back_without_loading_the_teacher(sst_binary, tiny_model_dir, monkeypatch):
+    _, teacher_dir, _ = sst_binary
+    train = subset("sst2_sentences", "train", 48, seed=6)
+    texts, labels = train.text.tolist(), train.label.tolist()
+    first = _fit(tiny_model_dir, texts, labels, teacher=teacher_dir, epochs=1)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the teacher was loaded again")
+
+    monkeypatch.setattr(TextClassifier, "load", no_loading)
+    second = _fit(tiny_model_dir, texts, labels, teacher=teacher_dir, epochs=1)
+    assert second.history_[0]["train_loss"] == first.history_[0]["train_loss"]
+
+
+def test_a_teacher_with_other_labels_or_task_is_refused(sst_binary, tiny_model_dir):
+    _, teacher_dir, _ = sst_binary
+    trec = subset("trec", "train", 40)
+    with pytest.raises(BertclfError, match="the teacher predicts binary .*distil from a model trained on the same labels"):
+        _fit(tiny_model_dir, trec.text.tolist(), trec.label.tolist(), teacher=teacher_dir)
+    with pytest.raises(BertclfError, match="no such model directory"):
+        _fit(tiny_model_dir, trec.text.tolist(), trec.label.tolist(), teacher=teacher_dir + "-missing")
+    with pytest.raises(BertclfError, match="--distill-weight 1.5 is out of range"):
+        _fit(tiny_model_dir, trec.text.tolist(), trec.label.tolist(), teacher=teacher_dir, distill_weight=1.5)
+
+
+def test_cli_distils_with_refit_and_records_the_teacher(sst_binary, tiny_model_dir, tmp_path, write):
+    _, teacher_dir, _ = sst_binary
+    train = write("train.csv", subset("sst2_sentences", "train", 80, seed=7))
+    out = tmp_path / "student"
+    assert main(["train", train, "-o", str(out), "--model", tiny_model_dir, "--epochs", "1", "--max-length", "48",
+                 "--teacher", teacher_dir, "--distill-weight", "0.7", "--distill-temperature", "3", "--refit",
+                 "--quiet"]) == 0
+    record = json.load(open(out / "bertclf.json"))
+    assert record["params"]["teacher"] == teacher_dir
+    assert (record["params"]["distill_weight"], record["params"]["distill_temperature"]) == (0.7, 3.0)
+    assert record["training"]["teacher"] == record["refit"]["teacher"] == teacher_dir
+    assert os.path.isfile(out / "model.safetensors") and TextClassifier.load(str(out)).predict(["fine"])[0] in ("negative", "positive")
