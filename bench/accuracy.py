@@ -3,7 +3,8 @@
 Each run is the real command line, `python -m bertclf train TRAIN [--dev DEV] --test TEST --seed S ...`, in its
 own process: the best epoch is picked on the dev file, or on bertclf's seeded stratified split of train where a
 dataset has none (never on test); the test file is scored once, by the selected model. A variant adds flags
-(the unweighted loss where the defaults weight it, refit, chunk-and-pool long texts for IMDB, the larger MPNet model); a dataset may train on a seeded sample of
+(the unweighted loss where the defaults weight it, refit, chunk-and-pool long texts for IMDB, the larger MPNet model,
+distillation from it); a dataset may train on a seeded sample of
 its train file to fit the CPU budget, and the table says so.
 
     python bench/accuracy.py                                   # every dataset, seeds 42,43,44
@@ -253,7 +254,8 @@ def dataset_rows(name: str, variant: str, seeds: list[int], model: str | None, w
 def markdown(rows: list[dict]) -> str:
     lines = ["# Accuracy on real datasets", "",
              "`bertclf train` with its defaults unless the variant says otherwise, MiniLM-L6 (all-MiniLM-L6-v2; variants named "
-             "mpnet fine-tune all-mpnet-base-v2, 110M parameters, from `bash scripts/get_mpnet.sh`), this "
+             "mpnet fine-tune all-mpnet-base-v2, 110M parameters, from `bash scripts/get_mpnet.sh`; variants named distilled train "
+             "MiniLM to match such a model's predictions as well as the labels, `--teacher`), this "
              f"machine's {os.cpu_count()} CPU cores. Best epoch picked on dev (or on the seeded 20% split of train where a "
              "dataset has no dev file); test scored once. The refit variants (`--refit`) then train again from the pretrained weights on train + dev for the best epoch count and score that model. The defaults weight the loss by inverse class frequency where the largest class has at least 3x the smallest's training texts (`--class-weight auto`: TREC, Banking77, emotion); the `class-weight none` variants turn that off. Without `--epochs`, bertclf derives them from the training set's "
              "size (enough for 2,000 optimizer steps, 3 to 10; patience 2): the epochs column shows what each run used. "

@@ -136,7 +136,7 @@ class TextClassifier:
             )
         train_encoded = self._encode_with(tokenizer, train_texts, cache=True)
         dev_encoded = self._encode_with(tokenizer, dev_texts, cache=True) if dev_texts else None
-        teacher = self._teacher_logits({"train": train_texts, "dev": dev_texts}) if self.teacher else None
+        teacher = self._teacher_logits({"train": train_texts, "dev": dev_texts if self.refit else None}) if self.teacher else None
         self.truncated_ = {"train": train_encoded.truncated, "dev": dev_encoded.truncated if dev_encoded else 0}
         if any(self.truncated_.values()):
             how = {"chunks": "split into windows of", "head-tail": "cut to their first and last"}.get(self.long_texts, "truncated to")
@@ -186,8 +186,7 @@ class TextClassifier:
         """``self.teacher``'s logits for each part's texts (parts without texts are left out), columns in
         ``classes_`` order.
 
-        Scoring every training text with a large teacher takes minutes (all-mpnet-base-v2: about 10 on SST-2's
-        67,349 phrases here), so the logits are kept in the cache (see :func:`batching.cache_dir`) under the teacher's
+        Scoring every training text with a large teacher takes minutes on a CPU, so the logits are kept in the cache (see :func:`batching.cache_dir`) under the teacher's
         record and the texts: a second student of the same teacher (another seed, a refit) reads them back."""
         record = artifact.read_record(self.teacher)
         multilabel = self.task_ == "multilabel"
