@@ -186,8 +186,9 @@ class TextClassifier:
         """``self.teacher``'s logits for each part's texts (parts without texts are left out), columns in
         ``classes_`` order.
 
-        Scoring every training text with a large teacher takes minutes on a CPU, so the logits are kept in the cache (see :func:`batching.cache_dir`) under the teacher's
-        record and the texts: a second student of the same teacher (another seed, a refit) reads them back."""
+        Scoring every training text with a large teacher takes minutes on a CPU, so the logits are kept in the
+        cache (see :func:`batching.cache_dir`) under the teacher's record and the texts: a second student of the
+        same teacher (another seed, a refit) reads them back."""
         record = artifact.read_record(self.teacher)
         multilabel = self.task_ == "multilabel"
         if (record["task"] == "multilabel") != multilabel or set(record["classes"]) != set(self.classes_):
