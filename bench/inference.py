@@ -9,9 +9,13 @@ Every contender is called once before the timed rounds (first calls allocate, pi
 backend, compile); that first call's time is reported on its own.
 Texts: SST-2 dev+test sentences (short) and, separately, IMDB test reviews (long, truncated as the model was
 trained). Peak RSS of each contender is measured in a child process that scores the short texts once.
+Several --model directories (SST-2 classifiers) are measured in the same rounds, each with the same contenders, so
+models compare as ratios on one machine at one time; --backends picks the contenders after the baseline pipeline,
+--sst2-rows a sample of the short texts (a large model's rounds take long), --stem the result files' name.
 
     python bench/inference.py --model runs/sst2-minilm        # the model scripts/demo.sh trains
-Writes docs/benchmarks/inference.{json,md}.
+    python bench/inference.py --model MINILM_DIR MPNET_DIR --backends torch onnx onnx-int8 --stem inference-models
+Writes docs/benchmarks/inference.{json,md} (or STEM.{json,md}).
 """
 
 from __future__ import annotations
@@ -30,14 +34,16 @@ from common import DATASETS, DOCS, matmul_ceiling_gflops, peak_rss_mb, run_child
 OURS = ("torch", "torch-bf16", "torch-int8", "torch-bf16-compiled", "torch-int8-compiled", "onnx", "onnx-int8")
 
 
-def texts_of(kind: str, imdb_rows: int) -> tuple[list[str], list[str]]:
+def texts_of(kind: str, rows: int) -> tuple[list[str], list[str]]:
+    """SST-2 dev+test sentences (all of them when rows is 0) or a sample of IMDB test reviews, seeded."""
     import pandas as pd
 
     if kind == "sst2":
         frames = [pd.read_csv(DATASETS / "sst2_sentences" / f"{s}.csv", dtype=str, keep_default_na=False) for s in ("dev", "test")]
         frame = pd.concat(frames, ignore_index=True)
+        frame = frame.sample(rows, random_state=0) if rows else frame
     else:
-        frame = pd.read_csv(DATASETS / "imdb" / "test.csv", dtype=str, keep_default_na=False).sample(imdb_rows, random_state=0)
+        frame = pd.read_csv(DATASETS / "imdb" / "test.csv", dtype=str, keep_default_na=False).sample(rows, random_state=0)
     return frame["text"].tolist(), frame["label"].tolist()
 
 
@@ -73,48 +79,62 @@ def useful_gflop(model_dir: str, texts: list[str]) -> float:
     return (2 * params * lengths.sum() + 4 * config.num_hidden_layers * config.hidden_size * (lengths**2).sum()) / 1e9
 
 
-def child(name: str, model_dir: str) -> None:
+def child(name: str, model_dir: str, sst2_rows: int) -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    texts, _ = texts_of("sst2", 0)
+    texts, _ = texts_of("sst2", sst2_rows)
     contender(name, model_dir)(texts)
     print(json.dumps({"name": name, "peak_rss_mb": round(peak_rss_mb(), 1)}))
 
 
-def measure(kind: str, names: list[str], model_dir: str, rounds: int, imdb_rows: int) -> dict:
-    texts, labels = texts_of(kind, imdb_rows)
-    runs = {name: contender(name, model_dir) for name in names}
-    seconds = {name: [] for name in names}
-    probs, first_call = {}, {}
-    for name in names:
-        start = time.perf_counter()
-        runs[name](texts)
-        first_call[name] = time.perf_counter() - start
-        print(f"  {kind} first call {name}: {first_call[name]:.1f} s", file=sys.stderr)
-    for r in range(rounds):
-        for name in names:  # interleaved: every round runs every contender once
-            start = time.perf_counter()
-            probs[name] = runs[name](texts)
-            seconds[name].append(time.perf_counter() - start)
-            print(f"  {kind} round {r + 1}/{rounds} {name}: {len(texts) / seconds[name][-1]:.1f} texts/s", file=sys.stderr)
+def model_label(model_dir: str) -> str:
+    """What a row calls its model when several are measured: the encoder it was fine-tuned from, and its size."""
     from bertclf import TextClassifier
 
-    classes = np.asarray(TextClassifier.load(model_dir).classes_)
-    reference = probs["torch"].argmax(axis=1)
-    gflop = useful_gflop(model_dir, texts)
+    clf = TextClassifier.load(model_dir)
+    base = json.load(open(os.path.join(model_dir, "bertclf.json")))["base_model"]
+    return f"{os.path.basename(base.rstrip('/'))} ({sum(p.numel() for p in clf.model_.parameters()) / 1e6:.1f}M)"
+
+
+def measure(kind: str, names: list[str], model_dirs: list[str], rounds: int, rows: int) -> dict:
+    """Every (model, contender) pair scores the texts once per round, interleaved; rows in model-then-contender order."""
+    texts, labels = texts_of(kind, rows)
+    pairs = [(model_dir, name) for model_dir in model_dirs for name in names]
+    runs = {pair: contender(pair[1], pair[0]) for pair in pairs}
+    seconds = {pair: [] for pair in pairs}
+    probs, first_call = {}, {}
+    for pair in pairs:
+        start = time.perf_counter()
+        runs[pair](texts)
+        first_call[pair] = time.perf_counter() - start
+        print(f"  {kind} first call {pair}: {first_call[pair]:.1f} s", file=sys.stderr)
+    for r in range(rounds):
+        for pair in pairs:  # interleaved: every round runs every contender once
+            start = time.perf_counter()
+            probs[pair] = runs[pair](texts)
+            seconds[pair].append(time.perf_counter() - start)
+            print(f"  {kind} round {r + 1}/{rounds} {pair}: {len(texts) / seconds[pair][-1]:.1f} texts/s", file=sys.stderr)
+    from bertclf import TextClassifier
+
     rows = []
-    for name in names:
-        best = statistics.median(seconds[name])
-        predicted = probs[name].argmax(axis=1)
-        rows.append({
-            "name": name,
-            "texts_per_s": round(len(texts) / best, 1),
-            "accuracy": float(np.mean(classes[predicted] == np.asarray(labels))),
-            "agreement": float(np.mean(predicted == reference)),
-            "useful_gflops": round(gflop / best, 1),
-            "first_call_s": round(first_call[name], 1),
-        })
+    for model_dir in model_dirs:
+        classes = np.asarray(TextClassifier.load(model_dir).classes_)
+        reference = probs[(model_dir, "torch")].argmax(axis=1)
+        gflop = useful_gflop(model_dir, texts)
+        label = model_label(model_dir) if len(model_dirs) > 1 else None
+        for name in names:
+            best = statistics.median(seconds[(model_dir, name)])
+            predicted = probs[(model_dir, name)].argmax(axis=1)
+            rows.append({
+                "name": name,
+                **({"model": label, "model_dir": model_dir} if label else {}),
+                "texts_per_s": round(len(texts) / best, 1),
+                "accuracy": float(np.mean(classes[predicted] == np.asarray(labels))),
+                "agreement": float(np.mean(predicted == reference)),
+                "useful_gflops": round(gflop / best, 1),
+                "first_call_s": round(first_call[(model_dir, name)], 1),
+            })
     return {"texts": f"{kind}: {len(texts)} texts", "rows": rows}
 
 
@@ -157,7 +177,12 @@ def streaming_rss(model_dir: str, sizes: tuple[int, ...] = (10_000, 200_000),
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="runs/sst2-minilm")
+    parser.add_argument("--model", nargs="+", default=["runs/sst2-minilm"],
+                        help="one or more SST-2 model directories, measured in the same rounds")
+    parser.add_argument("--backends", nargs="+", choices=("pipeline_b32", *OURS), default=["pipeline_b32", *OURS],
+                        help="contenders besides the baseline pipeline (default: all); torch is needed for agreement")
+    parser.add_argument("--sst2-rows", type=int, default=0, help="a seeded sample of the SST-2 texts (default 0: all)")
+    parser.add_argument("--stem", default="inference", help="result files docs/benchmarks/STEM.{json,md}")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--imdb-rows", type=int, default=300)
     parser.add_argument("--streaming", action="store_true", help="also measure predict's peak RSS on 10k vs 200k texts")
@@ -167,27 +192,34 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.model)
+        child(args.child, args.model[0], args.sst2_rows)
         return
     if args.streaming_only:
-        remeasure_streaming(args.model, args.note)
+        remeasure_streaming(args.model[0], args.note)
         return
-    record = json.load(open(os.path.join(args.model, "bertclf.json")))
-    if not set(OURS) <= set(record.get("backends", {})):
-        from bertclf.export import export
+    if len(args.model) > 1 and (args.streaming or args.stem == "inference"):
+        parser.error("several --model directories need their own --stem, and --streaming measures one model")
+    for model_dir in args.model:
+        record = json.load(open(os.path.join(model_dir, "bertclf.json")))
+        if not set(OURS) <= set(record.get("backends", {})):
+            from bertclf.export import export
 
-        print("exporting ONNX and int8, and checking every backend, first ...", file=sys.stderr)
-        export(args.model, int8=True, force=True)
-    names = ["pipeline", "pipeline_b32", *OURS]
+            print(f"exporting {model_dir} to ONNX and int8, and checking every backend, first ...", file=sys.stderr)
+            export(model_dir, int8=True, force=True)
+    names = ["pipeline", *[name for name in ("pipeline_b32", *OURS) if name in args.backends]]
+    if "torch" not in names:
+        parser.error("--backends must include torch: agreement is measured against it")
     ceilings = {p: round(matmul_ceiling_gflops(p), 1) for p in ("fp32", "bf16", "int8")}
-    short = measure("sst2", names, args.model, args.rounds, args.imdb_rows)
+    short = measure("sst2", names, args.model, args.rounds, args.sst2_rows)
     long = measure("imdb", names, args.model, args.rounds, args.imdb_rows)
-    rss = {name: run_child(__file__, ["--child", name, "--model", args.model])["peak_rss_mb"] for name in names}
+    rss = {(model_dir, name): run_child(__file__, ["--child", name, "--model", model_dir,
+                                                   "--sst2-rows", str(args.sst2_rows)])["peak_rss_mb"]
+           for model_dir in args.model for name in names}
     for table in (short, long):
         base = table["rows"][0]["texts_per_s"]
         for row in table["rows"]:
             row["ratio"] = round(row["texts_per_s"] / base, 2)
-            row["peak_rss_mb"] = rss[row["name"]]
+            row["peak_rss_mb"] = rss[(row.get("model_dir", args.model[0]), row["name"])]
             row["share_of_ceiling"] = round(row["useful_gflops"] / ceilings[precision_of(row["name"])], 3)
     command = "python bench/inference.py " + " ".join(sys.argv[1:])
     base = short["rows"][0]
@@ -199,15 +231,15 @@ def main() -> None:
         "matmul_ceiling_gflops": ceilings,
         "command": command,
     }
-    earlier = DOCS / "inference.json"
+    earlier = DOCS / f"{args.stem}.json"
     if args.streaming:
         payload["streaming_predict"] = streaming_rss(args.model)
     elif earlier.exists() and "streaming_predict" in json.loads(earlier.read_text()):
         # The streaming run takes ~10 minutes; without --streaming the last measurement is kept, and said to be.
         payload["streaming_predict"] = json.loads(earlier.read_text())["streaming_predict"]
         payload["streaming_predict_note"] = "carried over from an earlier run; rerun with --streaming to remeasure"
-    write_results("inference", payload, markdown([short, long], ceilings, command, payload.get("streaming_predict"),
-                                                 payload.get("streaming_predict_note")))
+    write_results(args.stem, payload, markdown([short, long], ceilings, command, payload.get("streaming_predict"),
+                                               payload.get("streaming_predict_note")))
 
 
 def precision_of(name: str) -> str:
@@ -217,20 +249,27 @@ def precision_of(name: str) -> str:
 
 def markdown(tables: list[dict], ceilings: dict, command: str, streaming: list[dict] | None,
              streaming_note: str | None = None) -> str:
+    several = "model" in tables[0]["rows"][0]
     lines = ["# Inference throughput", "",
-             "MiniLM-L6 fine-tuned on SST-2 sentences (`scripts/demo.sh`), this machine's 2 CPU cores, one process, "
-             "interleaved rounds (median). Ratio is against the HF pipeline with its default batch size. Agreement: "
-             "argmax equal to torch fp32. Peak RSS: a fresh process scoring the SST-2 texts once. "
+             ("Models fine-tuned on SST-2 (named in each row), measured in the same rounds; ratio against the first "
+              "model's HF pipeline with its default batch size; agreement: argmax equal to the same model's torch fp32. "
+              if several else
+              "MiniLM-L6 fine-tuned on SST-2 sentences (`scripts/demo.sh`). Ratio is against the HF pipeline with its "
+              "default batch size. Agreement: argmax equal to torch fp32. ")
+             + "This machine's 2 CPU cores, one process, interleaved rounds (median). "
+             "Peak RSS: a fresh process scoring the SST-2 texts once. "
              f"Matmul ceiling (a 2048-square product): fp32 {ceilings['fp32']} GFLOP/s, bf16 {ceilings['bf16']} GFLOP/s"
              + (f", int8 {ceilings['int8']} GOP/s" if "int8" in ceilings else "")
              + "; each row's share is against the ceiling of the precision its matrix products run in.", "",
              f"Reproduce: `{command}`", ""]
     for table in tables:
         lines += [f"## {table['texts']}", "",
-                  "| contender | texts/s | ratio | accuracy | agreement | peak RSS MiB | useful GFLOP/s | share of ceiling | first call s |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| " + ("model | " if several else "") + "contender | texts/s | ratio | accuracy | agreement | peak RSS MiB | "
+                  "useful GFLOP/s | share of ceiling | first call s |",
+                  "|---|---|---|---|---|---|---|---|---|" + ("---|" if several else "")]
         for r in table["rows"]:
-            lines.append(f"| {r['name']} | {r['texts_per_s']:.1f} | {r['ratio']:.2f}x | {r['accuracy']:.4f} | "
+            lines.append("| " + (f"{r['model']} | " if several else "") + f"{r['name']} | {r['texts_per_s']:.1f} | "
+                         f"{r['ratio']:.2f}x | {r['accuracy']:.4f} | "
                          f"{r['agreement']:.4f} | {r['peak_rss_mb']:.0f} | {r['useful_gflops']:.1f} | {r['share_of_ceiling']:.0%} | "
                          f"{r['first_call_s']:.1f} |")
         lines.append("")
