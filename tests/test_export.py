@@ -9,7 +9,8 @@ import pytest
 
 from bertclf import BertclfError, TextClassifier, backends
 from bertclf.cli import build_parser, main
-from bertclf.modeling import cpu_has_native_bf16
+from bertclf import modeling
+from bertclf.modeling import cpu_has_fast_int8, cpu_has_native_bf16
 
 from .conftest import subset
 
@@ -31,14 +32,15 @@ def test_export_records_each_backend_and_auto_picks_an_accepted_one(model_dir, c
     assert "onnx-int8" in capsys.readouterr().out
     record = json.load(open(f"{model_dir}/bertclf.json"))
     rows = record["backends"]
-    assert {"torch", "torch-int8", "torch-int8-compiled", "onnx", "onnx-int8"} <= set(rows)
+    assert {"torch", "onnx", "onnx-int8"} <= set(rows)
+    assert ({"torch-int8", "torch-int8-compiled"} <= set(rows)) == cpu_has_fast_int8()
     assert record["backends_checked_on"]["rows"] == 120
     assert rows["onnx"]["agreement"] == 1.0 and rows["onnx"]["accepted"] and rows["onnx"]["file"] == "onnx/model.onnx"
     for row in rows.values():
         assert row["texts_per_s"] > 0 and 0 <= row["accuracy"] <= 1
     auto = TextClassifier.load(model_dir, backend="auto")
     assert auto.backend_ in rows and rows[auto.backend_]["accepted"] and auto.backend_ not in backends.COMPILED
-    for name in ("torch-bf16-compiled",) * cpu_has_native_bf16() + ("torch-int8", "torch-int8-compiled"):
+    for name in ("torch-bf16-compiled",) * cpu_has_native_bf16() + ("torch-int8", "torch-int8-compiled") * cpu_has_fast_int8():
         assert rows[name]["agreement"] >= 0.95 and (rows[name]["first_call_s"] > 0 or name not in backends.COMPILED)
 
 
@@ -51,6 +53,18 @@ def test_auto_never_picks_a_compiled_backend_but_the_name_does(monkeypatch):
     assert backends.choose(record, "auto") == "onnx"
     for name in backends.COMPILED:
         assert backends.choose(record, name) == name
+
+
+def test_auto_passes_over_backends_this_cpu_lacks_the_instructions_for(monkeypatch):
+    monkeypatch.setattr(backends, "device_type", lambda: "cpu")
+    # exported on a machine with bf16 and VNNI, loaded on one with neither
+    record = {"backends": {"torch": {"accepted": True, "texts_per_s": 240.0}, "onnx": {"accepted": True, "texts_per_s": 260.0},
+                           "torch-bf16": {"accepted": True, "texts_per_s": 440.0},
+                           "torch-int8": {"accepted": True, "texts_per_s": 400.0}}}
+    for bf16, int8, chosen in ((True, True, "torch-bf16"), (False, True, "torch-int8"), (False, False, "onnx")):
+        monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda: bf16)
+        monkeypatch.setattr(backends, "cpu_has_fast_int8", lambda: int8)
+        assert backends.choose(record, "auto") == chosen
 
 
 def test_on_a_gpu_machine_auto_is_torch_and_int8_and_onnx_stay_on_the_cpu(monkeypatch):
@@ -84,6 +98,35 @@ def test_int8_backends_agree_with_fp32_and_a_text_scores_the_same_alone_as_in_a_
         assert np.abs(batch - fp32).max() < 0.05 and (batch.argmax(1) == fp32.argmax(1)).mean() >= 0.95
         alone = np.concatenate([clf.predict_proba([t]) for t in texts[:8]])
         assert np.abs(alone - batch[:8]).max() < 1e-3  # per-token scales: neighbours and padding do not matter
+
+
+@pytest.mark.parametrize("machine, flags, fast", [
+    ("x86_64", {"avx2", "fma"}, False),  # the AVX2 AMD EPYC where torch._int_mm ran 64x slower than fp32
+    ("x86_64", {"avx2", "avx512_vnni"}, True), ("x86_64", {"avx2", "avx_vnni"}, True), ("x86_64", {"amx_int8"}, True),
+    ("aarch64", {"asimd"}, True)])
+def test_fast_int8_is_told_by_the_cpu_flags(monkeypatch, machine, flags, fast):
+    monkeypatch.setattr(modeling.platform, "machine", lambda: machine)
+    monkeypatch.setattr(modeling, "_cpu_flags", lambda: frozenset(flags))
+    assert modeling.cpu_has_fast_int8() is fast
+
+
+def test_without_fast_int8_export_skips_torch_int8_and_naming_it_warns(model_dir, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import bertclf.export
+
+    copy = shutil.copytree(model_dir, tmp_path / "model")
+    monkeypatch.setattr(bertclf.export, "cpu_has_fast_int8", lambda: False)
+    monkeypatch.setattr(backends, "cpu_has_fast_int8", lambda: False)
+    monkeypatch.setattr(backends, "device_type", lambda: "cpu")
+    assert main(["export", str(copy), "--onnx", "--int8", "--force"]) == 0
+    assert "torch-int8 not checked: this CPU has no int8 dot-product instructions" in capsys.readouterr().err
+    rows = json.load(open(copy / "bertclf.json"))["backends"]
+    assert not {"torch-int8", "torch-int8-compiled"} & set(rows) and {"torch", "onnx", "onnx-int8"} <= set(rows)
+    assert TextClassifier.load(str(copy), backend="auto").backend_ in rows
+    texts = subset("sst2_sentences", "test", 4, seed=1).text.tolist()
+    assert TextClassifier.load(str(copy), backend="torch-int8").predict_proba(texts).shape == (4, 2)  # slow, not refused
+    assert "warning: backend torch-int8 on a CPU without int8 dot-product instructions" in capsys.readouterr().err
 
 
 def test_onnx_backend_matches_torch(model_dir):

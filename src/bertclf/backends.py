@@ -11,6 +11,7 @@ recorded in ``bertclf.json``, never a compiled one (see :func:`choose`).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 
 from .batching import Encoded
 from .errors import BertclfError
-from .modeling import cpu_has_native_bf16, device_type
+from .modeling import cpu_has_fast_int8, cpu_has_native_bf16, device_type
 from .predict import MAX_BATCH_ROWS, batched_logits, predict_logits
 from .quantize import int8_copy
 
@@ -40,6 +41,9 @@ def choose(record: dict, requested: str, onnx_first: bool = False) -> str:
     ``onnx_first`` (the server): the fastest accepted ONNX backend if there is one. ONNX Runtime releases the
     GIL for a whole call, so it runs beside the event loop and in two lanes at once; torch's Python-level
     forward does not (under load, bf16 torch served 204-250 texts/s where int8 ONNX served 406).
+
+    A model exported on another machine carries that machine's speeds: backends this CPU lacks the instructions
+    for (torch-bf16 without native bf16, torch-int8 without VNNI/AMX) are passed over.
     """
     if requested not in BACKENDS:
         raise BertclfError(f"unknown backend '{requested}'; use one of {', '.join(BACKENDS)}")
@@ -47,7 +51,9 @@ def choose(record: dict, requested: str, onnx_first: bool = False) -> str:
         return requested
     if device_type() == "cuda":  # export's speeds are CPU speeds: on a GPU machine, the exact model on the GPU
         return "torch"
-    checked = {name: row for name, row in record.get("backends", {}).items() if row.get("accepted") and name not in COMPILED}
+    unfit = ("torch-bf16",) * (not cpu_has_native_bf16()) + ("torch-int8",) * (not cpu_has_fast_int8())
+    checked = {name: row for name, row in record.get("backends", {}).items()
+               if row.get("accepted") and name not in COMPILED and not name.startswith(unfit)}
     if onnx_first and any(name.startswith("onnx") for name in checked):
         checked = {name: row for name, row in checked.items() if name.startswith("onnx")}
     return max(checked, key=lambda name: checked[name]["texts_per_s"]) if checked else "torch"
@@ -70,6 +76,9 @@ def torch_logits(model: torch.nn.Module, pad_id: int, bf16: bool = False, progre
     if int8:
         if device != "cpu":
             raise BertclfError("backend torch-int8 runs on the CPU; on a GPU use torch or torch-bf16")
+        if not cpu_has_fast_int8():  # correct, only slow: said, not refused
+            print("warning: backend torch-int8 on a CPU without int8 dot-product instructions (VNNI/AMX) runs many "
+                  "times slower than torch fp32; use torch, onnx or onnx-int8", file=sys.stderr)
         model = int8_copy(model)
     if compiled:
         model = torch.compile(model, dynamic=True, options={"freezing": True})

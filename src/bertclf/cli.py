@@ -313,8 +313,9 @@ def _export_parser(sub) -> None:
         "export",
         help="add ONNX (and int8) inference models to a saved model, checked against torch on its dev set",
         description="Writes MODEL_DIR/onnx/model.onnx (fp32, ONNX Runtime fusions) and, with --int8, a dynamically "
-        "quantised model-int8.onnx. Each backend (the torch ones too, torch-int8 included) is scored on the model's "
-        "dev set (texts/s, accuracy, agreement with torch fp32) and recorded in bertclf.json, where "
+        "quantised model-int8.onnx. Each backend (the torch ones too; torch-bf16 and torch-int8 only where the CPU "
+        "has bf16 or int8 dot-product instructions, else they run slower than fp32) is scored on the model's dev set "
+        "(texts/s, accuracy, agreement with torch fp32) and recorded in bertclf.json, where "
         "'predict --backend auto' finds them. A backend losing more than 0.5 point of dev accuracy is never picked by "
         "auto; an int8 ONNX model doing so is refused unless --force.",
     )

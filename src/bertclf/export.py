@@ -23,7 +23,7 @@ from . import artifact, backends
 from .data import read_labeled
 from .errors import BertclfError
 from .estimator import TextClassifier, holdout_split
-from .modeling import cpu_has_native_bf16
+from .modeling import cpu_has_fast_int8, cpu_has_native_bf16
 from .predict import decide
 
 INT8_MAX_DROP = 0.005  # accuracy, as a fraction: 0.5 point
@@ -110,8 +110,13 @@ def export(model_dir: str, int8: bool = False, force: bool = False, dev_file: st
     pad = clf.tokenizer_.pad_token_id
 
     results, reference = {}, None
+    # Backends this CPU runs slower than fp32 are not checked (minutes on a large model), so auto cannot pick them.
     bf16 = ["torch-bf16", "torch-bf16-compiled"] if cpu_has_native_bf16() else []
-    candidates = ["torch", *bf16, "torch-int8", "torch-int8-compiled"]  # the torch-int8 ones need no file
+    torch_int8 = ["torch-int8", "torch-int8-compiled"] if cpu_has_fast_int8() else []  # the torch-int8 ones need no file
+    if not torch_int8:
+        print("note: torch-int8 not checked: this CPU has no int8 dot-product instructions (VNNI/AMX), where torch's "
+              "int8 product is many times slower than fp32; onnx-int8 does not need them", file=sys.stderr)
+    candidates = ["torch", *bf16, *torch_int8]
     for name in candidates:
         results[name], decided = _score(clf, backends.make(name, None, clf.model_, pad), encoded, targets, reference)
         reference = decided if reference is None else reference
