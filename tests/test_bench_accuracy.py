@@ -18,7 +18,8 @@ def run(tmp_path, tiny_model_dir, datasets: str, seeds: str, *flags: str) -> dic
 # TREC's variants but the distilled one, whose teacher (bench/accuracy.py TEACHERS) a fresh clone does not hold
 TREC_WITHOUT_TEACHER = ",".join(["defaults", "class-weight none", "refit class-weight balanced", "refit class-weight none",
                                  "refit class-weight none batch 16", "refit class-weight none lr 5e-5",
-                                 "refit class-weight none layer-lr-decay 0.8", "mpnet refit class-weight none"])
+                                 "refit class-weight none layer-lr-decay 0.8", "refit class-weight none metric accuracy",
+                                 "mpnet refit class-weight none"])
 
 
 def test_quick_accuracy_bench_writes_rows_per_dataset_and_keeps_others(tmp_path, tiny_model_dir):
@@ -28,13 +29,15 @@ def test_quick_accuracy_bench_writes_rows_per_dataset_and_keeps_others(tmp_path,
         ("trec", "refit class-weight balanced", "test", "accuracy"), ("trec", "refit class-weight none", "test", "accuracy"),
         ("trec", "refit class-weight none batch 16", "test", "accuracy"), ("trec", "refit class-weight none lr 5e-5", "test", "accuracy"),
         ("trec", "refit class-weight none layer-lr-decay 0.8", "test", "accuracy"),
+        ("trec", "refit class-weight none metric accuracy", "test", "accuracy"),
         ("trec", "mpnet refit class-weight none", "test", "accuracy")]
-    row, unweighted, refit, _, batch16, _, layer_decay, mpnet = rows
+    row, unweighted, refit, _, batch16, _, layer_decay, by_accuracy, mpnet = rows
     assert mpnet["command"].count("--model") == 1 and "all-mpnet-base-v2" not in mpnet["command"]  # --model replaces the variant's
     assert mpnet["model"] == tiny_model_dir and "--refit --class-weight none" in mpnet["command"]
     assert "--class-weight none" in unweighted["command"] and "--class-weight" not in row["command"]
     assert "--refit --class-weight balanced" in refit["command"]
     assert "--batch-size 16" in batch16["command"] and "--layer-lr-decay 0.8" in layer_decay["command"]
+    assert "--metric accuracy" in by_accuracy["command"]
     assert refit["train_rows"] == 200  # the held-out 40 rejoin training
     assert {"dataset", "split", "metric", "mean", "std", "seeds", "model", "command"} <= set(row)
     assert row["precision"] in {"fp32", "bf16"}  # what --precision auto chose here
@@ -47,7 +50,8 @@ def test_quick_accuracy_bench_writes_rows_per_dataset_and_keeps_others(tmp_path,
     assert kinds == {("trec", "defaults", "accuracy"), ("trec", "class-weight none", "accuracy"),
                      ("trec", "refit class-weight balanced", "accuracy"), ("trec", "refit class-weight none", "accuracy"),
                      ("trec", "refit class-weight none batch 16", "accuracy"), ("trec", "refit class-weight none lr 5e-5", "accuracy"),
-                     ("trec", "refit class-weight none layer-lr-decay 0.8", "accuracy"), ("trec", "mpnet refit class-weight none", "accuracy"),
+                     ("trec", "refit class-weight none layer-lr-decay 0.8", "accuracy"),
+                     ("trec", "refit class-weight none metric accuracy", "accuracy"), ("trec", "mpnet refit class-weight none", "accuracy"),
                      ("goemotions", "defaults", "macro_f1"),
                      ("goemotions", "thresholds 0.5", "macro_f1"), ("goemotions", "3 epochs", "macro_f1"),
                      ("goemotions", "3 epochs, thresholds 0.5", "macro_f1"), ("goemotions", "lr 2e-4", "macro_f1"),
