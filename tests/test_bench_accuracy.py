@@ -96,3 +96,20 @@ def test_a_dataset_shipped_as_one_file_is_cross_validated_a_fold_per_seed(tmp_pa
     command = lambda seed: json.loads((tmp_path / "runs" / f"mr-seed{seed}" / "bench-run.json").read_text())["command"]  # noqa: E731
     assert any(part.endswith("mr-cv10-fold3-test.csv") for part in command(13))  # seeds 3 and 13 test the same fold
     assert any(part.endswith("mr-cv10-fold4-test.csv") for part in command(4))
+
+
+def test_shown_command_marks_only_the_runs_own_seed(monkeypatch):
+    """A teacher trained with seed 42 keeps its path when the student's last seed is 42 too (it once read seedS)."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import accuracy
+
+    command = [sys.executable, "-m", "bertclf", "train", str(accuracy.DATASETS / "sst2" / "train.csv"),
+               "--teacher", str(REPO / "runs/teachers/sst2_sentences-mpnet-seed42"), "--seed", "42",
+               "--output", str(REPO / "runs/accuracy/sst2-distilled-from-mpnet-seed42"), "--quiet"]
+    assert accuracy.shown_command(command, 42, cross_validated=False) == (
+        "python -m bertclf train ../shared/datasets/sst2/train.csv --teacher runs/teachers/sst2_sentences-mpnet-seed42 "
+        "--seed S --output runs/accuracy/sst2-distilled-from-mpnet-seedS --quiet")
+    folds = [sys.executable, "-m", "bertclf", "train", "/w/data/mr-cv10-fold2-train.csv", "--test", "/w/data/mr-cv10-fold2-test.csv",
+             "--seed", "42", "--output", "/w/mr-seed42"]
+    assert accuracy.shown_command(folds, 42, cross_validated=True).endswith(
+        "/w/data/mr-cv10-foldK-train.csv --test /w/data/mr-cv10-foldK-test.csv --seed S --output /w/mr-seedS")
