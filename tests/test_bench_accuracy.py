@@ -69,7 +69,7 @@ def test_one_variant_runs_alone_and_finished_runs_are_reused(tmp_path, tiny_mode
     assert {(r["variant"], r["metric"]) for r in first["rows"]} == {("class-weight none", "accuracy"),
                                                                    ("class-weight none", "macro_f1")}
     assert "reused" not in first["log"]
-    again = run(tmp_path, tiny_model_dir, "emotion", "1", "--reuse")  # both variants: only the defaults one trains
+    again = run(tmp_path, tiny_model_dir, "emotion", "1", "--variants", "defaults,class-weight none", "--reuse")  # only the defaults train
     assert again["log"].count("reused the finished run") == 1
     assert {r["variant"] for r in again["rows"]} == {"defaults", "class-weight none"}
     unweighted = [r for r in again["rows"] if r["variant"] == "class-weight none"]
