@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pandas as pd
+
 from .conftest import REPO
 
 
@@ -114,3 +116,26 @@ def test_shown_command_marks_only_the_runs_own_seed(monkeypatch):
              "--seed", "42", "--output", "/w/mr-seed42"]
     assert accuracy.shown_command(folds, 42, cross_validated=True).endswith(
         "/w/data/mr-cv10-foldK-train.csv --test /w/data/mr-cv10-foldK-test.csv --seed S --output /w/mr-seedS")
+
+
+def test_a_variant_can_train_on_its_own_sample_size(monkeypatch, tmp_path):
+    """IMDB's "head-tail 6000 reviews" trains on a 6,000-review sample; the dataset's other variants keep its 3,000."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import accuracy
+
+    class Ran(Exception):
+        pass
+
+    def record_command(command, reuse=False):
+        raise Ran(command)
+
+    monkeypatch.setattr(accuracy, "run_once", record_command)
+    trained = {}
+    for variant in ("head-tail", "head-tail 6000 reviews"):
+        try:
+            accuracy.dataset_rows("imdb", variant, [42], None, tmp_path, quick=False)
+        except Ran as ran:
+            trained[variant] = ran.args[0][4]
+    assert trained == {"head-tail": str(tmp_path / "data" / "imdb-train-3000.csv"),
+                       "head-tail 6000 reviews": str(tmp_path / "data" / "imdb-train-6000.csv")}
+    assert len(pd.read_csv(tmp_path / "data" / "imdb-train-6000.csv")) == 6000
