@@ -114,7 +114,8 @@ SUITE: dict[str, dict] = {
              # IMDB). The hour per dataset on 2 cores: 2 epochs of 2,400 reviews (the 10 epochs derived for them would take
              # hours): training took 1,022 s of a 1,995 s chunks run, the rest mostly fp32 scoring of the 25,000 test
              # reviews; a 4,000-review sample with 3 epochs took 82 minutes. The hour left room for more reviews:
-             # head-tail on a 6,000-review sample (4,800 train, 1,200 dev), twice the training of the 3,000 sample
+             # head-tail on a 6,000-review sample (4,800 train, 1,200 dev), twice the training of the 3,000 sample,
+             # took 50-51 minutes a run in bf16 (2026-12-05), about all the hour holds
              "variants": {"": [], "chunks": ["--long-texts", "chunks"], "head-tail": ["--long-texts", "head-tail"],
                           "head-tail 6000 reviews": ["--long-texts", "head-tail"]},
              "variant_samples": {"head-tail 6000 reviews": 6000}},
