@@ -119,7 +119,8 @@ def test_shown_command_marks_only_the_runs_own_seed(monkeypatch):
 
 
 def test_a_variant_can_train_on_its_own_sample_size(monkeypatch, tmp_path):
-    """IMDB's "head-tail 6000 reviews" trains on a 6,000-review sample; the dataset's other variants keep its 3,000."""
+    """IMDB's "head-tail 6000 reviews" trains on a 6,000-review sample; the dataset's other variants keep its 3,000.
+    A variant's own --epochs replaces the dataset's instead of following it."""
     monkeypatch.syspath_prepend(str(REPO / "bench"))
     import accuracy
 
@@ -130,12 +131,16 @@ def test_a_variant_can_train_on_its_own_sample_size(monkeypatch, tmp_path):
         raise Ran(command)
 
     monkeypatch.setattr(accuracy, "run_once", record_command)
-    trained = {}
-    for variant in ("head-tail", "head-tail 6000 reviews"):
+    trained, epochs = {}, {}
+    for variant in ("head-tail", "head-tail 6000 reviews", "head-tail 12000 reviews 1 epoch"):
         try:
             accuracy.dataset_rows("imdb", variant, [42], None, tmp_path, quick=False)
         except Ran as ran:
-            trained[variant] = ran.args[0][4]
+            command = ran.args[0]
+            trained[variant] = command[4]
+            epochs[variant] = [command[at + 1] for at, token in enumerate(command) if token == "--epochs"]
     assert trained == {"head-tail": str(tmp_path / "data" / "imdb-train-3000.csv"),
-                       "head-tail 6000 reviews": str(tmp_path / "data" / "imdb-train-6000.csv")}
+                       "head-tail 6000 reviews": str(tmp_path / "data" / "imdb-train-6000.csv"),
+                       "head-tail 12000 reviews 1 epoch": str(tmp_path / "data" / "imdb-train-12000.csv")}
+    assert epochs == {"head-tail": ["2"], "head-tail 6000 reviews": ["2"], "head-tail 12000 reviews 1 epoch": ["1"]}
     assert len(pd.read_csv(tmp_path / "data" / "imdb-train-6000.csv")) == 6000
