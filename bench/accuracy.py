@@ -115,8 +115,9 @@ SUITE: dict[str, dict] = {
              # hours): training took 1,022 s of a 1,995 s chunks run, the rest mostly fp32 scoring of the 25,000 test
              # reviews; a 4,000-review sample with 3 epochs took 82 minutes. The hour left room for more reviews:
              # head-tail on a 6,000-review sample (4,800 train, 1,200 dev), twice the training of the 3,000 sample,
-             # took 50-51 minutes a run in bf16 (2026-12-05), about all the hour holds. The same optimizer steps spent on
-             # twice the reviews, each seen once: 1 epoch of a 12,000-review sample (9,600 train, 2,400 dev)
+             # took 50-51 minutes a run in bf16 (2026-12-05). The same training spent on twice the reviews, each seen
+             # once: 1 epoch of a 12,000-review sample (9,600 train, 2,400 dev), +0.4 point in 53 minutes a run, about
+             # all the hour holds
              "variants": {"": [], "chunks": ["--long-texts", "chunks"], "head-tail": ["--long-texts", "head-tail"],
                           "head-tail 6000 reviews": ["--long-texts", "head-tail"],
                           "head-tail 12000 reviews 1 epoch": ["--long-texts", "head-tail", "--epochs", "1"]},
