@@ -251,9 +251,8 @@ def dataset_rows(name: str, variant: str, seeds: list[int], model: str | None, w
     """Train one variant of one dataset once per seed; its table rows (per reported split and metric)."""
     spec = spec_of(name)
     flags = variant_flags(name)[variant]
-    if model and "--model" in flags:  # --model replaces a variant's own model too (a smoke run with a tiny one)
-        at = flags.index("--model")
-        flags = flags[:at] + flags[at + 2:]
+    # the bench's own flags replace the variant's: --model (a smoke run with a tiny one), and 1 epoch for --quick
+    forced = [*(["--model", model] if model else []), *(["--epochs", "1"] if quick else [])]
     folder = DATASETS / name
     sample = spec.get("quick_sample", 200) if quick else spec.get("variant_samples", {}).get(variant, spec.get("train_sample"))
     rows = []
@@ -265,8 +264,7 @@ def dataset_rows(name: str, variant: str, seeds: list[int], model: str | None, w
         if (folder / "dev.csv").exists():
             command += ["--dev", str(folder / "dev.csv")]
         out = work / f"{name}{'-' + variant.replace(' ', '-') if variant else ''}-seed{seed}"
-        quick_epochs = ["--epochs", "1"] if quick else []  # after the variant's flags: a smoke run is 1 epoch whatever they say
-        command += [*overriding([*spec.get("flags", []), *(["--model", model] if model else [])], [*flags, *quick_epochs]),
+        command += [*overriding(overriding(spec.get("flags", []), flags), forced),
                     "--seed", str(seed), "--output", str(out), "--overwrite", "--quiet"]
         print(f"{name} {variant or 'defaults'} seed {seed} ...", file=sys.stderr, flush=True)
         record, seconds, rss = run_once(command, reuse)
