@@ -116,12 +116,15 @@ SUITE: dict[str, dict] = {
              # reviews; a 4,000-review sample with 3 epochs took 82 minutes. The hour left room for more reviews:
              # head-tail on a 6,000-review sample (4,800 train, 1,200 dev), twice the training of the 3,000 sample,
              # took 50-51 minutes a run in bf16 (2026-12-05). The same training spent on twice the reviews, each seen
-             # once: 1 epoch of a 12,000-review sample (9,600 train, 2,400 dev), +0.4 point in 53 minutes a run, about
-             # all the hour holds
+             # once: 1 epoch of a 12,000-review sample (9,600 train, 2,400 dev), +0.4 point in 53 minutes a run with
+             # fp32 test scoring. Since bf16-trained models score in bf16 (about 740 s for the test set), 15,000
+             # reviews (12,000 train) fit the hour
              "variants": {"": [], "chunks": ["--long-texts", "chunks"], "head-tail": ["--long-texts", "head-tail"],
                           "head-tail 6000 reviews": ["--long-texts", "head-tail"],
-                          "head-tail 12000 reviews 1 epoch": ["--long-texts", "head-tail", "--epochs", "1"]},
-             "variant_samples": {"head-tail 6000 reviews": 6000, "head-tail 12000 reviews 1 epoch": 12000}},
+                          "head-tail 12000 reviews 1 epoch": ["--long-texts", "head-tail", "--epochs", "1"],
+                          "head-tail 15000 reviews 1 epoch": ["--long-texts", "head-tail", "--epochs", "1"]},
+             "variant_samples": {"head-tail 6000 reviews": 6000, "head-tail 12000 reviews 1 epoch": 12000,
+                                 "head-tail 15000 reviews 1 epoch": 15000}},
 }
 
 
@@ -307,7 +310,7 @@ def markdown(rows: list[dict]) -> str:
              "mpnet fine-tune all-mpnet-base-v2, 110M parameters, from `bash scripts/get_mpnet.sh`; variants named distilled train "
              "MiniLM to match such a model's predictions as well as the labels, `--teacher`), this "
              f"machine's {os.cpu_count()} CPU cores. Best epoch picked on dev (or on the seeded 20% split of train where a "
-             "dataset has no dev file); test scored once. The refit variants (`--refit`) then train again from the pretrained weights on train + dev for the best epoch count and score that model. The defaults weight the loss by inverse class frequency where the largest class has at least 3x the smallest's training texts (`--class-weight auto`: TREC, Banking77, emotion); the `class-weight none` variants turn that off. Without `--epochs`, bertclf derives them from the training set's "
+             "dataset has no dev file); test scored once, by the backend of the training precision since 2026-12-05 (torch-bf16 for a bf16-trained model, as `bertclf evaluate --backend auto` without an export; before, torch fp32 for every row). The refit variants (`--refit`) then train again from the pretrained weights on train + dev for the best epoch count and score that model. The defaults weight the loss by inverse class frequency where the largest class has at least 3x the smallest's training texts (`--class-weight auto`: TREC, Banking77, emotion); the `class-weight none` variants turn that off. Without `--epochs`, bertclf derives them from the training set's "
              "size (enough for 2,000 optimizer steps, 3 to 10; patience 2): the epochs column shows what each run used. "
              "Mean ± std over the seeds listed; wall time and samples/s are per run (mean), peak RSS the largest of the runs. "
              "Precision is what `--precision auto` chose on the machine that ran the row: bf16 where the CPU has it "

@@ -132,7 +132,7 @@ def test_a_variant_can_train_on_its_own_sample_size(monkeypatch, tmp_path):
 
     monkeypatch.setattr(accuracy, "run_once", record_command)
     trained, epochs = {}, {}
-    for variant in ("head-tail", "head-tail 6000 reviews", "head-tail 12000 reviews 1 epoch"):
+    for variant in ("head-tail", "head-tail 6000 reviews", "head-tail 12000 reviews 1 epoch", "head-tail 15000 reviews 1 epoch"):
         try:
             accuracy.dataset_rows("imdb", variant, [42], None, tmp_path, quick=False)
         except Ran as ran:
@@ -141,6 +141,8 @@ def test_a_variant_can_train_on_its_own_sample_size(monkeypatch, tmp_path):
             epochs[variant] = [command[at + 1] for at, token in enumerate(command) if token == "--epochs"]
     assert trained == {"head-tail": str(tmp_path / "data" / "imdb-train-3000.csv"),
                        "head-tail 6000 reviews": str(tmp_path / "data" / "imdb-train-6000.csv"),
-                       "head-tail 12000 reviews 1 epoch": str(tmp_path / "data" / "imdb-train-12000.csv")}
-    assert epochs == {"head-tail": ["2"], "head-tail 6000 reviews": ["2"], "head-tail 12000 reviews 1 epoch": ["1"]}
+                       "head-tail 12000 reviews 1 epoch": str(tmp_path / "data" / "imdb-train-12000.csv"),
+                       "head-tail 15000 reviews 1 epoch": str(tmp_path / "data" / "imdb-train-15000.csv")}
+    assert epochs == {"head-tail": ["2"], "head-tail 6000 reviews": ["2"], "head-tail 12000 reviews 1 epoch": ["1"],
+                      "head-tail 15000 reviews 1 epoch": ["1"]}
     assert len(pd.read_csv(tmp_path / "data" / "imdb-train-6000.csv")) == 6000

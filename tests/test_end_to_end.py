@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bertclf import BertclfError, TextClassifier
+from bertclf import BertclfError, TextClassifier, backends
 from bertclf.data import imbalance, label_counts
 from bertclf.estimator import default_epochs, derived_class_weight
 from bertclf.cli import main
@@ -66,6 +66,7 @@ def test_load_round_trip_gives_identical_probabilities(sst_binary):
     clf, path, dev = sst_binary
     loaded = TextClassifier.load(path)
     assert loaded.classes_ == clf.classes_ and loaded.get_params()["lr"] == FAST["lr"]
+    assert loaded.backend_ == clf.backend_ == backends.as_trained(clf.precision_)
     assert np.allclose(loaded.predict_proba(dev.text.tolist()), clf.predict_proba(dev.text.tolist()), atol=1e-6)
 
 
@@ -90,8 +91,9 @@ def test_multiclass_cli_train_evaluate_predict_info(tmp_path, write, tiny_model_
     assert main(["train", train, "--test", test, "-o", str(model), "--model", tiny_model_dir,
                  "--config", config, "--batch-size", "16", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "saved model to" in out and f"test ({len(test_frame)} texts)" in out
+    assert "saved model to" in out and f"test ({len(test_frame)} texts, backend " in out
     record = json.load(open(model / "bertclf.json"))
+    assert record["data"]["test"]["backend"] == backends.as_trained(record["precision"])  # as evaluate's auto below
     assert record["task"] == "multiclass" and record["classes"] == ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
     assert record["params"]["batch_size"] == 16 and record["params"]["lr"] == 1e-3  # flag beats config
     assert record["params"]["max_length"] == 48 and "split" in record["data"]["dev"]  # seeded split, no --dev

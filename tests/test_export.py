@@ -149,4 +149,20 @@ def test_missing_onnx_file_is_a_clear_error(tmp_path, tiny_model_dir):
     clf.save(str(tmp_path / "m"))
     with pytest.raises(BertclfError, match="no ONNX model; run 'bertclf export MODEL_DIR --onnx'"):
         TextClassifier.load(str(tmp_path / "m"), backend="onnx")
-    assert TextClassifier.load(str(tmp_path / "m"), backend="auto").backend_ == "torch"
+    assert TextClassifier.load(str(tmp_path / "m"), backend="auto").backend_ == backends.as_trained(clf.precision_)
+
+
+def test_auto_scores_an_unexported_model_in_its_training_precision(monkeypatch):
+    """Without an export, auto runs a bf16-trained model in bf16 where the CPU has native bf16 (its epochs were
+    picked on bf16 dev scores) and anything else in fp32; an accepted export still decides."""
+    monkeypatch.setattr(backends, "device_type", lambda: "cpu")
+    for native, precision, expected in [(True, "bf16", "torch-bf16"), (False, "bf16", "torch"), (True, "fp32", "torch"),
+                                        (True, None, "torch")]:
+        monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda native=native: native)
+        assert backends.choose({"precision": precision}, "auto") == expected
+    monkeypatch.setattr(backends, "device_type", lambda: "cuda")
+    assert backends.choose({"precision": "bf16"}, "auto") == "torch"
+    monkeypatch.setattr(backends, "device_type", lambda: "cpu")
+    exported = {"precision": "bf16", "backends": {"torch-bf16": {"accepted": True, "texts_per_s": 100.0},
+                                                  "onnx": {"accepted": True, "texts_per_s": 300.0}}}
+    assert backends.choose(exported, "auto") == "onnx"

@@ -181,12 +181,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if "test" in splits:
         test = splits["test"]
         clf.metrics_["test"] = clf.evaluate(test.texts, test.labels, where=args.test)
-        clf.data_["test"] = test.source
+        clf.data_["test"] = {**test.source, "backend": clf.backend_}
     path = clf.save(args.output, overwrite=args.overwrite, extra={"data_options": data_options})
     shutil.rmtree(directory_for(args.output), ignore_errors=True)  # the artifact supersedes its checkpoints
 
     for split, metrics in clf.metrics_.items():
-        render(metrics, clf.classes_, f"{split} ({metrics['rows']} texts)")
+        render(metrics, clf.classes_, f"{split} ({metrics['rows']} texts, backend {clf.backend_})")
         if "at_0.5" in metrics:
             print(f"{split} macro-F1 {metrics['macro_f1']:.4f} with per-label thresholds tuned on dev, "
                   f"{metrics['at_0.5']['macro_f1']:.4f} at 0.5 (predict uses the tuned thresholds)")
@@ -220,8 +220,9 @@ def _add_backend_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto",
                    choices=("auto", "torch", "torch-bf16", "torch-int8", "torch-bf16-compiled", "torch-int8-compiled",
                             "onnx", "onnx-int8"),
-                   help="inference engine; auto: the fastest one 'bertclf export' checked on the dev set, else torch "
-                        "(never a *-compiled one: they compile for 13-27 s on their first call here)")
+                   help="inference engine; auto: the fastest one 'bertclf export' checked on the dev set (never a "
+                        "*-compiled one: they compile for 13-27 s on their first call here), else the training "
+                        "precision's: torch-bf16 for a bf16-trained model on a CPU with native bf16, else torch")
     p.add_argument("--threads", type=int, help="CPU threads for inference (default: all cores)")
 
 

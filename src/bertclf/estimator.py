@@ -27,7 +27,7 @@ from .metrics import check_metric, compute, headline, tune_thresholds
 from .modeling import (DEFAULT_MODEL, cheap_dropout, device_type, init_label_priors, is_main_process, load_classifier,
                        load_tokenizer, process_state, resident_embedding_grad, resolve_model, resolve_precision,
                        training_attention)
-from .predict import decide, predict_logits, probabilities
+from .predict import decide, probabilities
 
 
 @dataclass(eq=False)
@@ -155,9 +155,10 @@ class TextClassifier:
         )
         tokenizer.model_max_length = self.max_length  # the artifact's tokenizer truncates as training did
         self.model_, self.tokenizer_ = result.model, tokenizer
-        self.backend_, self._backend_logits = "torch", None
         self.thresholds_ = [0.5] * len(self.classes_) if multilabel else None
         self.precision_ = result.precision
+        # Scored from here on (dev, test, predict) as the reloaded artifact's --backend auto scores it.
+        self.backend_, self._backend_logits = backends.as_trained(self.precision_), None
         self.history_, self.best_epoch_ = result.history, result.best_epoch
         self.training_ = record
         self.data_ = {
@@ -169,7 +170,7 @@ class TextClassifier:
         }
         if dev_texts:
             self.data_["dev"] = {"rows": len(dev_texts), **data_info.get("dev", {})}
-        # Final dev metrics come from the saved fp32 weights through the same path as predict().
+        # Final dev metrics come from the saved weights through the same path as predict().
         self.metrics_ = {}
         if dev_texts:
             dev_logits, dev_targets = self._forward(dev_encoded), self._targets(dev_labels).numpy()
@@ -361,12 +362,14 @@ class TextClassifier:
         return os.path.abspath(path)
 
     @classmethod
-    def load(cls, path: str, backend: str = "torch", threads: int | None = None) -> TextClassifier:
+    def load(cls, path: str, backend: str = "auto", threads: int | None = None) -> TextClassifier:
         """Rebuild a fitted classifier from a directory written by :meth:`save`.
 
         ``backend``: torch, torch-bf16, torch-int8, torch-bf16-compiled, torch-int8-compiled, onnx, onnx-int8 (the
-        last two after ``bertclf export``) or auto, the fastest one whose accuracy export checked (never a compiled
-        one). ``threads``: CPU threads for inference (default: all cores).
+        last two after ``bertclf export``) or auto: the fastest one whose accuracy export checked (never a compiled
+        one), without an export the training precision's (torch-bf16 for a bf16-trained model where the CPU has
+        native bf16, else torch), as the fitted classifier scored before it was saved. ``threads``: CPU threads
+        for inference (default: all cores).
         """
         record = artifact.read_record(path)
         tokenizer, model = load_classifier(path)
@@ -405,13 +408,13 @@ class TextClassifier:
                       head=quarter if self.long_texts == "head-tail" else None)
 
     def _forward(self, encoded: Encoded) -> np.ndarray:
-        """Logits per text in input order from the loaded backend (torch fp32 right after fit); a text split
-        into windows gets the mean of its windows' logits."""
+        """Logits per text in input order from the loaded backend (right after fit, the torch backend of the
+        training precision, on the current model); a text split into windows gets the mean of its windows' logits."""
         run = getattr(self, "_backend_logits", None)
-        if run is not None:
-            return encoded.pool(run(encoded))
-        progress = self.verbose and len(encoded.input_ids) > 5000
-        return encoded.pool(predict_logits(self.model_, encoded, self.tokenizer_.pad_token_id, progress=progress))
+        if run is None:
+            progress = self.verbose and len(encoded.input_ids) > 5000
+            run = backends.make(self.backend_, None, self.model_, self.tokenizer_.pad_token_id, progress=progress)
+        return encoded.pool(run(encoded))
 
     def _targets(self, labels: Sequence) -> torch.Tensor:
         index = {name: i for i, name in enumerate(self.classes_)}

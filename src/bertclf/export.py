@@ -102,7 +102,7 @@ def export(model_dir: str, int8: bool = False, force: bool = False, dev_file: st
     """Export into ``model_dir/onnx/`` and record each backend's check; returns the ``backends`` record."""
     record = artifact.read_record(model_dir)
     texts, labels = dev_set(record, dev_file)
-    clf = TextClassifier.load(model_dir)
+    clf = TextClassifier.load(model_dir, backend="torch")  # the fp32 reference every backend is checked against
     clf.model_ = clf.model_.to("cpu")  # the backends are checked where they will serve: on a GPU machine too
     clf.verbose = False
     encoded = clf._encode(texts)
