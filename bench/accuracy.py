@@ -117,8 +117,8 @@ SUITE: dict[str, dict] = {
              # head-tail on a 6,000-review sample (4,800 train, 1,200 dev), twice the training of the 3,000 sample,
              # took 50-51 minutes a run in bf16 (2026-12-05). The same training spent on twice the reviews, each seen
              # once: 1 epoch of a 12,000-review sample (9,600 train, 2,400 dev), +0.4 point in 53 minutes a run with
-             # fp32 test scoring. Since bf16-trained models score in bf16 (about 740 s for the test set), 15,000
-             # reviews (12,000 train) fit the hour
+             # fp32 test scoring. Since bf16-trained models score in bf16, 15,000 reviews (12,000 train) fit the hour:
+             # 53-57 minutes a run, +0.1 point (2026-12-05)
              "variants": {"": [], "chunks": ["--long-texts", "chunks"], "head-tail": ["--long-texts", "head-tail"],
                           "head-tail 6000 reviews": ["--long-texts", "head-tail"],
                           "head-tail 12000 reviews 1 epoch": ["--long-texts", "head-tail", "--epochs", "1"],
