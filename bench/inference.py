@@ -75,7 +75,7 @@ def useful_gflop(model_dir: str, texts: list[str]) -> float:
     clf = TextClassifier.load(model_dir)
     config = clf.model_.config
     params = sum(p.numel() for p in clf.model_.base_model.encoder.parameters())
-    lengths = np.asarray([len(ids) for ids in clf.tokenizer_(texts, truncation=True, max_length=clf.max_length)["input_ids"]], float)
+    lengths = np.asarray([len(ids) for ids in clf.tokenizer_(texts, truncation=True, max_length=clf.max_length_)["input_ids"]], float)
     return (2 * params * lengths.sum() + 4 * config.num_hidden_layers * config.hidden_size * (lengths**2).sum()) / 1e9
 
 

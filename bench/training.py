@@ -105,7 +105,7 @@ def bertclf_run(name: str, data: dict, classes: list[str], epochs: int, lr: floa
                          precision="fp32" if name == "bertclf_fp32" else "auto",
                          batch_tokens={"bertclf_tokens": BATCH_TOKENS, "bertclf_nocap": 0}.get(name))
     clf.fit(*data["train"], eval_set=data["dev"])
-    lengths = [len(ids) for ids in clf.tokenizer_(data["train"][0], truncation=True, max_length=clf.max_length)["input_ids"]]
+    lengths = [len(ids) for ids in clf.tokenizer_(data["train"][0], truncation=True, max_length=clf.max_length_)["input_ids"]]
     return {
         "samples_per_s": clf.training_["samples_per_s"],
         "train_seconds": clf.training_["seconds"],

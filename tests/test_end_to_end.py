@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from bertclf import BertclfError, TextClassifier, backends
 from bertclf.data import imbalance, label_counts
@@ -257,6 +259,32 @@ def test_head_tail_long_texts_are_kept_by_the_artifact(tiny_model_dir, tmp_path)
     ending = clf.tokenizer_(" In the end: awful.", add_special_tokens=False)["input_ids"]
     assert len(ids) == 64 and ids[-1 - len(ending):-1] == ending  # prediction sees the review's last words
     assert clf.predict_proba([review]).shape == (1, 2)
+
+
+def test_max_length_defaults_to_the_models_limit_and_a_tokenizer_without_one_needs_the_flag(tiny_model_dir, tmp_path):
+    """Without --max-length a review is read up to the model's 512 tokens, not cut at a fixed shorter length; the
+    artifact's tokenizer (and so a transformers pipeline) truncates there too."""
+    train = subset("imdb", "train", 16, seed=3)
+    texts, labels = train.text.tolist(), train.label.tolist()
+    lengths = [len(ids) for ids in AutoTokenizer.from_pretrained(tiny_model_dir)(texts)["input_ids"]]
+    assert sum(n > 256 for n in lengths) >= 4 and max(lengths) > 512  # reviews past the old fixed 256 and past 512
+    clf = TextClassifier(model=tiny_model_dir, **{**FAST, "epochs": 1, "max_length": None, "val_fraction": 0}).fit(texts, labels)
+    assert clf.max_length_ == 512 and clf.training_["max_length"] == 512
+    assert clf.truncated_["train"] == sum(n > 512 for n in lengths)
+    assert max(len(ids) for ids in clf._encode(texts).input_ids) == 512
+    clf.save(str(tmp_path / "model"))
+    loaded = TextClassifier.load(str(tmp_path / "model"))
+    assert loaded.max_length is None and loaded.max_length_ == 512
+    assert np.allclose(loaded.predict_proba(texts[:4]), clf.predict_proba(texts[:4]), atol=1e-5)
+
+    unlimited = tmp_path / "no-limit"
+    shutil.copytree(tiny_model_dir, unlimited)
+    config = json.loads((unlimited / "tokenizer_config.json").read_text())
+    config.pop("model_max_length")
+    (unlimited / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(BertclfError, match="its tokenizer states no maximum length; pass --max-length"):
+        TextClassifier(model=str(unlimited), **{**FAST, "max_length": None}).fit(texts, labels)
+    assert TextClassifier(model=str(unlimited), **{**FAST, "epochs": 1, "max_length": 128}).fit(texts, labels).max_length_ == 128
 
 
 def test_token_budget_training_is_recorded_and_checked(tiny_model_dir, tmp_path):

@@ -69,7 +69,9 @@ def _train_parser(sub) -> None:
     p.add_argument("--task", choices=TASKS,
                    help=f"auto: lists or --label-sep in labels → multilabel, 2 classes → binary (default: {defaults['task']})")
     hyper = {
-        "max_length": (int, "tokens per text incl. special tokens; longer texts are truncated and counted"),
+        "max_length": (int, "tokens per text incl. special tokens; longer texts are truncated and counted. Default: the "
+                            "model's limit (512 for BERT-family models); batches pad only to their longest text, so "
+                            "short texts cost nothing for it"),
         "epochs": (int, f"training epochs; default: from the data, enough for {MIN_STEPS:,} optimizer steps, 3 (multi-label 5) to 10 "
                         "(--patience stops earlier)"),
         "batch_size": (int, "texts per optimizer step (times --grad-accum)"),
@@ -363,13 +365,13 @@ def _validate_parser(sub) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     from . import validation
     from .data import read_splits
-    from .estimator import TextClassifier
-    from .modeling import load_tokenizer, resolve_model
+    from .modeling import length_limit, load_tokenizer, resolve_model
 
     splits, task, classes = read_splits(args.train_file, args.dev, args.test, task=args.task, **_data_options(args))
     result = validation.report(splits, task == "multilabel")
-    max_length = args.max_length or TextClassifier.max_length
-    tokenizer = load_tokenizer(resolve_model(args.model))
+    source = resolve_model(args.model)
+    tokenizer = load_tokenizer(source)
+    max_length = args.max_length or length_limit(tokenizer, source)
     for name, data in splits.items():
         result[name]["tokens"] = validation.token_lengths(tokenizer, data.texts, max_length)
     summary = {"task": task, "classes": classes, "splits": result, "warnings": validation.warnings(result)}

@@ -24,8 +24,8 @@ from .checkpoints import Checkpointing
 from .data import check_classes, check_known_labels, content_sha256, imbalance, infer_task, label_counts
 from .errors import BertclfError
 from .metrics import check_metric, compute, headline, tune_thresholds
-from .modeling import (DEFAULT_MODEL, cheap_dropout, device_type, init_label_priors, is_main_process, load_classifier,
-                       load_tokenizer, process_state, resident_embedding_grad, resolve_model, resolve_precision,
+from .modeling import (DEFAULT_MODEL, cheap_dropout, device_type, init_label_priors, is_main_process, length_limit,
+                       load_classifier, load_tokenizer, process_state, resident_embedding_grad, resolve_model, resolve_precision,
                        training_attention)
 from .predict import decide, probabilities
 
@@ -36,7 +36,9 @@ class TextClassifier:
 
     model: str | None = None  # HF id or local dir; None = the packaged all-MiniLM-L6-v2
     task: str = "auto"  # auto | binary | multiclass | multilabel
-    max_length: int = 256  # tokens per text, special tokens included; longer texts are truncated (and counted)
+    max_length: int | None = None  # tokens per text, special tokens included; longer texts are truncated (and
+    # counted). None: the model's limit (512 for BERT-family models), since length-grouped batches pad only to their
+    # longest text, so short texts cost nothing for it and long ones are read as far as the model can
     epochs: int | None = None  # None: from the training set's size and the task (see default_epochs)
     batch_size: int = 32
     batch_tokens: int | None = None  # cap on a training batch's padded tokens (bounds memory); None: 1.25x an
@@ -130,18 +132,27 @@ class TextClassifier:
 
         source = resolve_model(self.model)
         tokenizer = load_tokenizer(source)
-        if self.max_length > tokenizer.model_max_length:
+        self.max_length_ = self.max_length or length_limit(tokenizer, source)
+        if self.max_length_ > tokenizer.model_max_length:
             raise BertclfError(
                 f"--max-length {self.max_length} exceeds the model's limit of {tokenizer.model_max_length} tokens"
             )
+        if self.batch_tokens and self.batch_tokens < self.max_length_:
+            raise BertclfError(f"--batch-tokens {self.batch_tokens} is out of range: a batch must hold one text of "
+                               f"--max-length {self.max_length_} tokens")
         train_encoded = self._encode_with(tokenizer, train_texts, cache=True)
         dev_encoded = self._encode_with(tokenizer, dev_texts, cache=True) if dev_texts else None
         teacher = self._teacher_logits({"train": train_texts, "dev": dev_texts if self.refit else None}) if self.teacher else None
         self.truncated_ = {"train": train_encoded.truncated, "dev": dev_encoded.truncated if dev_encoded else 0}
         if any(self.truncated_.values()):
             how = {"chunks": "split into windows of", "head-tail": "cut to their first and last"}.get(self.long_texts, "truncated to")
-            hint = "" if self.long_texts == "chunks" else " (raise --max-length, or --long-texts chunks, to keep more)"
-            self._say(f"{how} {self.max_length} tokens: {self.truncated_['train']} train and "
+            if self.long_texts == "chunks":
+                hint = ""
+            elif self.max_length_ < tokenizer.model_max_length:
+                hint = " (raise --max-length, or --long-texts chunks, to keep more)"
+            else:
+                hint = " (the model's limit; --long-texts chunks reads all of them)"
+            self._say(f"{how} {self.max_length_} tokens: {self.truncated_['train']} train and "
                       f"{self.truncated_['dev']} dev texts{hint}")
 
         result, record = self._train_run(
@@ -153,7 +164,7 @@ class TextClassifier:
                 "dev data": content_sha256(dev_texts, dev_labels) if dev_texts else None,
             },
         )
-        tokenizer.model_max_length = self.max_length  # the artifact's tokenizer truncates as training did
+        tokenizer.model_max_length = self.max_length_  # the artifact's tokenizer truncates as training did
         self.model_, self.tokenizer_ = result.model, tokenizer
         self.thresholds_ = [0.5] * len(self.classes_) if multilabel else None
         self.precision_ = result.precision
@@ -291,6 +302,7 @@ class TextClassifier:
         result.model.set_attn_implementation("sdpa")  # the transformers default, for prediction and the artifact
         return result, {
             "lr": self.lr_,
+            "max_length": self.max_length_,
             "epochs": epochs,
             "batch_tokens": batch_tokens,
             "seconds": round(result.train_seconds, 2),
@@ -380,6 +392,7 @@ class TextClassifier:
         clf = cls(**{k: v for k, v in record["params"].items() if k in known})
         clf.backend_ = backends.choose(record, backend)
         clf.model_, clf.tokenizer_ = model.to(backends.device_for(clf.backend_)).eval(), tokenizer
+        clf.max_length_ = tokenizer.model_max_length  # saved as training truncated (fit sets it)
         clf.task_, clf.classes_, clf.thresholds_ = record["task"], record["classes"], record["thresholds"]
         clf.precision_, clf.data_, clf.truncated_ = record["precision"], record["data"], record["truncated"]
         clf.history_, clf.best_epoch_ = record["history"], record["best_epoch"]
@@ -403,8 +416,8 @@ class TextClassifier:
             raise BertclfError(f"texts at positions {bad[:10]} are not valid Unicode (lone surrogates); clean them") from None
 
     def _encode_with(self, tokenizer, texts: Sequence[str], cache: bool = False) -> Encoded:
-        quarter = self.max_length // 4  # the windows' overlap, or the head kept (128 of 512, as Sun et al. 2019)
-        return encode(tokenizer, texts, self.max_length, cache=cache, overlap=quarter if self.long_texts == "chunks" else None,
+        quarter = self.max_length_ // 4  # the windows' overlap, or the head kept (128 of 512, as Sun et al. 2019)
+        return encode(tokenizer, texts, self.max_length_, cache=cache, overlap=quarter if self.long_texts == "chunks" else None,
                       head=quarter if self.long_texts == "head-tail" else None)
 
     def _forward(self, encoded: Encoded) -> np.ndarray:
@@ -448,8 +461,8 @@ class TextClassifier:
     def _check_params(self) -> None:
         rules = {
             "epochs": self.epochs is None or self.epochs >= 1, "batch_size": self.batch_size >= 1,
-            "batch_tokens": self.batch_tokens is None or self.batch_tokens == 0 or self.batch_tokens >= self.max_length, "lr": self.lr is None or self.lr > 0,
-            "grad_accum": self.grad_accum >= 1, "max_length": self.max_length >= 8,
+            "batch_tokens": self.batch_tokens is None or self.batch_tokens >= 0, "lr": self.lr is None or self.lr > 0,
+            "grad_accum": self.grad_accum >= 1, "max_length": self.max_length is None or self.max_length >= 8,
             "val_fraction": 0 <= self.val_fraction < 1, "warmup_ratio": 0 <= self.warmup_ratio < 1,
             "weight_decay": self.weight_decay >= 0, "layer_lr_decay": 0 < self.layer_lr_decay <= 1,
             "distill_weight": 0 <= self.distill_weight <= 1, "distill_temperature": self.distill_temperature > 0,

@@ -83,6 +83,14 @@ def load_tokenizer(source: str):
         raise BertclfError(f"{source}: could not load a tokenizer ({_first_line(err)})") from None
 
 
+def length_limit(tokenizer, source: str) -> int:
+    """The most tokens per text the model reads (its tokenizer's ``model_max_length``), the default --max-length.
+    A tokenizer that states no limit carries transformers' huge placeholder instead: that one needs --max-length."""
+    if tokenizer.model_max_length > 1_000_000:
+        raise BertclfError(f"{source}: its tokenizer states no maximum length; pass --max-length (512 for BERT-family models)")
+    return tokenizer.model_max_length
+
+
 def load_classifier(source: str, classes: Sequence[str] | None = None, multilabel: bool = False):
     """Tokenizer and sequence-classification model; with ``classes``, a new head with real label names."""
     from transformers import AutoConfig, AutoModelForSequenceClassification

@@ -380,7 +380,7 @@ def create_app(model_dir: str, backend: str = "auto", threads: int | None = None
         return {
             "model_dir": os.path.abspath(model_dir), "task": record["task"], "labels": record["classes"],
             "thresholds": record["thresholds"], "base_model": record["base_model"], "metrics": record["metrics"],
-            "max_length": record["params"]["max_length"], "backend": clf.backend_ if clf else None,
+            "max_length": record["training"].get("max_length") or record["params"]["max_length"], "backend": clf.backend_ if clf else None,
             "ready": state["ready"], "limits": limits.__dict__,
         }
 

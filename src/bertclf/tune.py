@@ -136,7 +136,7 @@ def tune(
     import optuna
 
     from .estimator import TextClassifier, default_epochs, default_lr
-    from .modeling import load_tokenizer, resolve_model
+    from .modeling import length_limit, load_tokenizer, resolve_model
     from .data import check_classes, imbalance, infer_task
     from .validation import token_lengths
 
@@ -155,15 +155,17 @@ def tune(
     storage = storage or f"sqlite:///{os.path.abspath(os.path.join(output, STUDY_FILE))}"
 
     multilabel = infer_task(train_labels, base.get("task", "auto"), label_sep=None) == "multilabel"
-    tokenizer = load_tokenizer(resolve_model(base.get("model")))
-    p99_tokens = token_lengths(tokenizer, train_texts, base.get("max_length", 256))["p99"]
+    source = resolve_model(base.get("model"))
+    tokenizer = load_tokenizer(source)
     counts = _label_counts(train_labels, multilabel)
     check_classes(train_labels, multilabel, "training data")
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(resolve_model(base.get("model")))
+    config = AutoConfig.from_pretrained(source)
     defaults = {**{f.name: f.default for f in dataclasses.fields(TextClassifier)}, **base}
     defaults["lr"] = defaults["lr"] or default_lr(config)
+    defaults["max_length"] = defaults["max_length"] or length_limit(tokenizer, source)
+    p99_tokens = token_lengths(tokenizer, train_texts, defaults["max_length"])["p99"]
     # The defaults trial trains as `bertclf train` would: epochs derived from the rows it trains on (without a
     # dev file, holdout_split's train_test_split holds out ceil(fraction x rows)).
     rows = len(train_texts) if dev is not None else len(train_texts) - math.ceil(len(train_texts) * defaults["val_fraction"])
