@@ -47,7 +47,7 @@ def test_quick_accuracy_bench_writes_rows_per_dataset_and_keeps_others(tmp_path,
     assert row["train_rows"] == 160  # the 200-row sample less the seeded 20% dev split
     assert "bertclf train" in row["command"] and "--seed S" in row["command"] and "trec/test.csv" in row["command"]
 
-    rows = run(tmp_path, tiny_model_dir, "goemotions", "1")["rows"]
+    rows = run(tmp_path, tiny_model_dir, "goemotions", "1", "--variants", "all")["rows"]
     kinds = {(r["dataset"], r["variant"], r["metric"]) for r in rows}
     assert kinds == {("trec", "defaults", "accuracy"), ("trec", "class-weight none", "accuracy"),
                      ("trec", "refit class-weight balanced", "accuracy"), ("trec", "refit class-weight none", "accuracy"),
@@ -71,8 +71,12 @@ def test_one_variant_runs_alone_and_finished_runs_are_reused(tmp_path, tiny_mode
     assert {(r["variant"], r["metric"]) for r in first["rows"]} == {("class-weight none", "accuracy"),
                                                                    ("class-weight none", "macro_f1")}
     assert "reused" not in first["log"]
-    again = run(tmp_path, tiny_model_dir, "emotion", "1", "--variants", "defaults,class-weight none", "--reuse")  # only the defaults train
-    assert again["log"].count("reused the finished run") == 1
+    plain = run(tmp_path, tiny_model_dir, "emotion", "1")  # the suite: the defaults alone train, the variant's rows stay
+    assert "emotion defaults seed 1" in plain["log"] and "class-weight none seed" not in plain["log"]
+    assert {r["variant"] for r in plain["rows"]} == {"defaults", "class-weight none"}
+    again = run(tmp_path, tiny_model_dir, "emotion", "1", "--variants", "defaults,class-weight none", "--reuse")
+    assert again["log"].count("reused the finished run") == 2
+    assert [r for r in again["rows"] if r["variant"] == "defaults"] == [r for r in plain["rows"] if r["variant"] == "defaults"]
     assert {r["variant"] for r in again["rows"]} == {"defaults", "class-weight none"}
     unweighted = [r for r in again["rows"] if r["variant"] == "class-weight none"]
     assert unweighted == first["rows"]  # read back, not retrained: same scores, wall time and peak RSS
@@ -120,7 +124,7 @@ def test_shown_command_marks_only_the_runs_own_seed(monkeypatch):
 
 def test_a_variant_can_train_on_its_own_sample_size(monkeypatch, tmp_path):
     """IMDB's "head-tail 6000 reviews" trains on a 6,000-review sample; the dataset's other variants keep its 3,000.
-    A variant's own --epochs replaces the dataset's instead of following it."""
+    A variant's own --epochs (or --max-length) replaces the dataset's instead of following it."""
     monkeypatch.syspath_prepend(str(REPO / "bench"))
     import accuracy
 
@@ -131,18 +135,21 @@ def test_a_variant_can_train_on_its_own_sample_size(monkeypatch, tmp_path):
         raise Ran(command)
 
     monkeypatch.setattr(accuracy, "run_once", record_command)
-    trained, epochs = {}, {}
-    for variant in ("head-tail", "head-tail 6000 reviews", "head-tail 12000 reviews 1 epoch", "head-tail 15000 reviews 1 epoch"):
+    trained, epochs, lengths = {}, {}, {}
+    for variant in ("max-length 256", "head-tail", "head-tail 6000 reviews", "head-tail 12000 reviews 1 epoch", "head-tail 15000 reviews 1 epoch"):
         try:
             accuracy.dataset_rows("imdb", variant, [42], None, tmp_path, quick=False)
         except Ran as ran:
             command = ran.args[0]
             trained[variant] = command[4]
             epochs[variant] = [command[at + 1] for at, token in enumerate(command) if token == "--epochs"]
-    assert trained == {"head-tail": str(tmp_path / "data" / "imdb-train-3000.csv"),
+            lengths[variant] = [command[at + 1] for at, token in enumerate(command) if token == "--max-length"]
+    assert trained == {"max-length 256": str(tmp_path / "data" / "imdb-train-3000.csv"),
+                       "head-tail": str(tmp_path / "data" / "imdb-train-3000.csv"),
                        "head-tail 6000 reviews": str(tmp_path / "data" / "imdb-train-6000.csv"),
                        "head-tail 12000 reviews 1 epoch": str(tmp_path / "data" / "imdb-train-12000.csv"),
                        "head-tail 15000 reviews 1 epoch": str(tmp_path / "data" / "imdb-train-15000.csv")}
-    assert epochs == {"head-tail": ["2"], "head-tail 6000 reviews": ["2"], "head-tail 12000 reviews 1 epoch": ["1"],
+    assert lengths == {"max-length 256": ["256"], **{v: ["512"] for v in trained if v != "max-length 256"}}
+    assert epochs == {"max-length 256": ["2"], "head-tail": ["2"], "head-tail 6000 reviews": ["2"], "head-tail 12000 reviews 1 epoch": ["1"],
                       "head-tail 15000 reviews 1 epoch": ["1"]}
     assert len(pd.read_csv(tmp_path / "data" / "imdb-train-6000.csv")) == 6000
