@@ -365,13 +365,13 @@ def _validate_parser(sub) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     from . import validation
     from .data import read_splits
-    from .modeling import length_limit, load_tokenizer, resolve_model
+    from .modeling import load_tokenizer, resolve_max_length, resolve_model
 
     splits, task, classes = read_splits(args.train_file, args.dev, args.test, task=args.task, **_data_options(args))
     result = validation.report(splits, task == "multilabel")
     source = resolve_model(args.model)
     tokenizer = load_tokenizer(source)
-    max_length = args.max_length or length_limit(tokenizer, source)
+    max_length = resolve_max_length(args.max_length, tokenizer, source)
     for name, data in splits.items():
         result[name]["tokens"] = validation.token_lengths(tokenizer, data.texts, max_length)
     summary = {"task": task, "classes": classes, "splits": result, "warnings": validation.warnings(result)}

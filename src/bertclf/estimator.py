@@ -24,9 +24,9 @@ from .checkpoints import Checkpointing
 from .data import check_classes, check_known_labels, content_sha256, imbalance, infer_task, label_counts
 from .errors import BertclfError
 from .metrics import check_metric, compute, headline, tune_thresholds
-from .modeling import (DEFAULT_MODEL, cheap_dropout, device_type, init_label_priors, is_main_process, length_limit,
-                       load_classifier, load_tokenizer, process_state, resident_embedding_grad, resolve_model, resolve_precision,
-                       training_attention)
+from .modeling import (DEFAULT_MODEL, cheap_dropout, device_type, init_label_priors, is_main_process, load_classifier,
+                       load_tokenizer, process_state, resident_embedding_grad, resolve_max_length, resolve_model,
+                       resolve_precision, training_attention)
 from .predict import decide, probabilities
 
 
@@ -132,11 +132,7 @@ class TextClassifier:
 
         source = resolve_model(self.model)
         tokenizer = load_tokenizer(source)
-        self.max_length_ = self.max_length or length_limit(tokenizer, source)
-        if self.max_length_ > tokenizer.model_max_length:
-            raise BertclfError(
-                f"--max-length {self.max_length} exceeds the model's limit of {tokenizer.model_max_length} tokens"
-            )
+        self.max_length_ = resolve_max_length(self.max_length, tokenizer, source)
         if self.batch_tokens and self.batch_tokens < self.max_length_:
             raise BertclfError(f"--batch-tokens {self.batch_tokens} is out of range: a batch must hold one text of "
                                f"--max-length {self.max_length_} tokens")

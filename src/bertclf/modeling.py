@@ -83,12 +83,16 @@ def load_tokenizer(source: str):
         raise BertclfError(f"{source}: could not load a tokenizer ({_first_line(err)})") from None
 
 
-def length_limit(tokenizer, source: str) -> int:
-    """The most tokens per text the model reads (its tokenizer's ``model_max_length``), the default --max-length.
-    A tokenizer that states no limit carries transformers' huge placeholder instead: that one needs --max-length."""
-    if tokenizer.model_max_length > 1_000_000:
+def resolve_max_length(requested: int | None, tokenizer, source: str) -> int:
+    """Tokens per text: ``requested`` (--max-length), which the model must be able to read, or by default the most
+    it reads, its tokenizer's ``model_max_length``. A tokenizer that states no limit carries transformers' huge
+    placeholder instead: that one needs --max-length."""
+    limit = tokenizer.model_max_length
+    if requested is not None and requested > limit:
+        raise BertclfError(f"--max-length {requested} exceeds the model's limit of {limit} tokens")
+    if requested is None and limit > 1_000_000:
         raise BertclfError(f"{source}: its tokenizer states no maximum length; pass --max-length (512 for BERT-family models)")
-    return tokenizer.model_max_length
+    return requested or limit
 
 
 def load_classifier(source: str, classes: Sequence[str] | None = None, multilabel: bool = False):

@@ -136,7 +136,7 @@ def tune(
     import optuna
 
     from .estimator import TextClassifier, default_epochs, default_lr
-    from .modeling import length_limit, load_tokenizer, resolve_model
+    from .modeling import load_tokenizer, resolve_max_length, resolve_model
     from .data import check_classes, imbalance, infer_task
     from .validation import token_lengths
 
@@ -164,7 +164,7 @@ def tune(
     config = AutoConfig.from_pretrained(source)
     defaults = {**{f.name: f.default for f in dataclasses.fields(TextClassifier)}, **base}
     defaults["lr"] = defaults["lr"] or default_lr(config)
-    defaults["max_length"] = defaults["max_length"] or length_limit(tokenizer, source)
+    defaults["max_length"] = resolve_max_length(defaults["max_length"], tokenizer, source)
     p99_tokens = token_lengths(tokenizer, train_texts, defaults["max_length"])["p99"]
     # The defaults trial trains as `bertclf train` would: epochs derived from the rows it trains on (without a
     # dev file, holdout_split's train_test_split holds out ceil(fraction x rows)).
