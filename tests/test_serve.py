@@ -60,7 +60,7 @@ def test_model_health_ready_and_metrics(client, sst_binary):
     clf, _, _ = sst_binary
     info = client.get("/v1/model").json()
     assert info["labels"] == clf.classes_ and info["task"] == "binary" and info["backend"] == "torch"
-    assert "dev" in info["metrics"]
+    assert "dev" in info["metrics"] and info["max_length"] == clf.max_length_ == clf.training_["max_length"]
     assert client.get("/healthz").json() == {"status": "alive"}
     assert client.get("/readyz").json()["status"] == "ready"
     client.post("/v1/classify", json={"texts": ["fine"]})
