@@ -125,6 +125,17 @@ def test_shown_command_marks_only_the_runs_own_seed(monkeypatch):
         "/w/data/mr-cv10-foldK-train.csv --test /w/data/mr-cv10-foldK-test.csv --seed S --output /w/mr-seedS")
 
 
+def test_every_teacher_a_variant_distils_from_has_the_command_that_trains_it(monkeypatch):
+    """A missing teacher stops the bench before any run with the command that trains it, so each must have one."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import accuracy
+
+    folders = {flags[flags.index("--teacher") + 1] for name in accuracy.SUITE for flags in accuracy.variant_flags(name).values()
+               if "--teacher" in flags}
+    assert folders == {accuracy.teacher(name) for name in accuracy.TEACHERS}
+    assert all(f"--output runs/teachers/{name}" in command for name, command in accuracy.TEACHERS.items())
+
+
 def test_a_variant_can_train_on_its_own_sample_size(monkeypatch, tmp_path):
     """IMDB's "head-tail 6000 reviews" trains on a 6,000-review sample; the dataset's other variants keep its 3,000.
     A variant's own --epochs (or --max-length) replaces the dataset's instead of following it."""
