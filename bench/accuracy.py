@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -76,7 +77,11 @@ SUITE: dict[str, dict] = {
                           # dev accuracy was still rising at the derived third epoch on both distilled seeds
                           "distilled from mpnet 5 epochs": ["--teacher", teacher("sst2_sentences-mpnet-seed42"), "--epochs", "5"],
                           # a teacher that learned the phrases it labels, not only the sentences (dev 0.9369 against 0.9300)
-                          "distilled from phrase-trained mpnet": ["--teacher", teacher("sst2-mpnet-seed42")]}},
+                          "distilled from phrase-trained mpnet": ["--teacher", teacher("sst2-mpnet-seed42")],
+                          # the same, with sentences of IMDB's train reviews that only the teacher labels (--unlabeled):
+                          # the transfer set beyond the labelled texts that DistilBERT and TinyBERT distil on
+                          "distilled from phrase-trained mpnet + 30000 imdb sentences": ["--teacher", teacher("sst2-mpnet-seed42")]},
+             "variant_unlabeled": {"distilled from phrase-trained mpnet + 30000 imdb sentences": ("imdb", 30000)}},
     # The Kim (2014) sentence-level split: 6,920 train sentences, same dev and test sentences as GLUE's. The distilled
     # variant trains MiniLM to match an all-mpnet-base-v2 teacher as well as the labels (see TEACHERS).
     "sst2_sentences": {"metrics": ["accuracy"], "report": ["dev", "test"], "anchor": "MiniLM-L6-H384 91.5 (issue 3), DistilBERT 91.3 (Sanh et al. 2019; GLUE dev, trained on 67k phrases)", "target": {"accuracy": 0.915},
@@ -188,7 +193,23 @@ def sample_file(source: Path, rows: int, seed: int, work: Path) -> str:
     if not path.exists():
         frame = pd.read_csv(source, dtype=str, keep_default_na=False)
         work.mkdir(parents=True, exist_ok=True)
-        frame.sample(min(rows, len(frame)), random_state=seed).to_csv(path, index=False)
+        atomic_write_text(str(path), frame.sample(min(rows, len(frame)), random_state=seed).to_csv(index=False))
+    return str(path)
+
+
+def sentences_file(source: Path, rows: int, seed: int, work: Path) -> str:
+    """A seeded sample of the distinct sentences of 4 to 50 words (SST-2 dev's 5th-95th percentiles are 6 and 34) in a
+    file's texts, as a text-only CSV (written once): an unlabeled transfer set. IMDB's reviews for SST-2: opinions of
+    films as SST's Rotten Tomatoes snippets are, none of them SST text."""
+    path = work / f"{source.parent.name}-{source.stem}-sentences-{rows}.csv"
+    if not path.exists():
+        frame = pd.read_csv(source, dtype=str, keep_default_na=False)
+        boundary = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
+        sentences = {s.strip() for text in frame[frame.columns[0]] for part in re.split(r"<br\s*/?>", text)
+                     for s in boundary.split(part) if 4 <= len(s.split()) <= 50}
+        work.mkdir(parents=True, exist_ok=True)
+        sample = pd.DataFrame({"text": sorted(sentences)}).sample(min(rows, len(sentences)), random_state=seed)
+        atomic_write_text(str(path), sample.to_csv(index=False))
     return str(path)
 
 
@@ -282,6 +303,9 @@ def dataset_rows(name: str, variant: str, seeds: list[int], model: str | None, w
                    "--test", str(test)]
         if (folder / "dev.csv").exists():
             command += ["--dev", str(folder / "dev.csv")]
+        if variant in spec.get("variant_unlabeled", {}):
+            source, count = spec["variant_unlabeled"][variant]
+            command += ["--unlabeled", sentences_file(DATASETS / source / "train.csv", 200 if quick else count, 0, work / "data")]
         out = work / f"{name}{'-' + variant.replace(' ', '-') if variant else ''}-seed{seed}"
         command += [*overriding(overriding(spec.get("flags", []), flags), forced),
                     "--seed", str(seed), "--output", str(out), "--overwrite", "--quiet"]
@@ -309,7 +333,8 @@ def dataset_rows(name: str, variant: str, seeds: list[int], model: str | None, w
                     "values": [round(v, 4) for v in values], "seeds": seeds,
                     "target": spec["target"].get(key), "reference": spec["anchor"],
                     "model": (first["base_model"] if model is None else model).replace(str(REPO) + "/", ""), "train_rows": first["data"]["train"]["rows_used"],
-                    "train_sample": sample, "epochs": [len(r["record"]["history"]) for r in runs],
+                    "train_sample": sample, **({"unlabeled_rows": first["data"]["unlabeled"]["rows"]} if "unlabeled" in first["data"] else {}),
+                    "epochs": [len(r["record"]["history"]) for r in runs],
                     "best_epochs": [r["record"]["best_epoch"] for r in runs],
                     "wall_s": round(statistics.mean(r["seconds"] for r in runs)),
                     "samples_per_s": round(statistics.mean(r["record"]["training"]["samples_per_s"] for r in runs), 1),
@@ -339,6 +364,7 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         target = "" if r["target"] is None else f"{r['target']:.3f} {'met' if r['mean'] >= r['target'] else '**missed**'}"
         sample = f"{r['train_rows']} (sample of {r['train_sample']})" if r["train_sample"] else str(r["train_rows"])
+        sample += f" + {r['unlabeled_rows']} unlabeled" if r.get("unlabeled_rows") else ""
         epochs = ", ".join(f"{e} ({b})" for e, b in zip(r["epochs"], r["best_epochs"]))
         lines.append(f"| {r['dataset']} | {r['variant']} | {r['split']} ({r['rows']}) | {r['metric']} | {r['mean']:.4f} ± {r['std']:.4f} | "
                      f"{','.join(map(str, r['seeds']))} | {target} | {r['reference']} | {sample} | {epochs} | "

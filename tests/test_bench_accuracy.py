@@ -167,3 +167,28 @@ def test_a_variant_can_train_on_its_own_sample_size(monkeypatch, tmp_path):
     assert epochs == {"max-length 256": ["2"], "head-tail": ["2"], "head-tail 6000 reviews": ["2"], "head-tail 12000 reviews 1 epoch": ["1"],
                       "head-tail 15000 reviews 1 epoch": ["1"]}
     assert len(pd.read_csv(tmp_path / "data" / "imdb-train-6000.csv")) == 6000
+
+
+def test_a_variant_with_a_transfer_set_passes_sentences_of_another_dataset_as_unlabeled(monkeypatch, tmp_path):
+    """SST-2's "+ 30000 imdb sentences" variant: distinct sentences of IMDB's train reviews, 4 to 50 words, no markup."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import accuracy
+
+    class Ran(Exception):
+        pass
+
+    def record_command(command, reuse=False):
+        raise Ran(command)
+
+    monkeypatch.setattr(accuracy, "run_once", record_command)
+    for quick, rows in ((False, 30000), (True, 200)):
+        try:
+            accuracy.dataset_rows("sst2", "distilled from phrase-trained mpnet + 30000 imdb sentences", [42], None, tmp_path, quick=quick)
+        except Ran as ran:
+            command = ran.args[0]
+        path = command[command.index("--unlabeled") + 1]
+        assert path == str(tmp_path / "data" / f"imdb-train-sentences-{rows}.csv") and "--teacher" in command
+        sentences = pd.read_csv(path, keep_default_na=False)
+        assert list(sentences.columns) == ["text"] and len(sentences) == rows == sentences.text.nunique()
+        words = sentences.text.str.split().str.len()
+        assert words.between(4, 50).all() and not sentences.text.str.contains("<br").any()

@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -94,3 +95,43 @@ def test_cli_distils_with_refit_and_records_the_teacher(sst_binary, tiny_model_d
     assert (record["params"]["distill_weight"], record["params"]["distill_temperature"]) == (0.7, 3.0)
     assert record["training"]["teacher"] == record["refit"]["teacher"] == teacher_dir
     assert os.path.isfile(out / "model.safetensors") and TextClassifier.load(str(out)).predict(["fine"])[0] in ("negative", "positive")
+
+
+def test_unlabeled_texts_learn_from_the_teacher_alone(sst_binary, tiny_model_dir):
+    _, teacher_dir, _ = sst_binary
+    train = subset("sst2_sentences", "train", 32, seed=8)
+    texts, labels = train.text.tolist(), train.label.tolist()
+    unlabeled = subset("sst2_sentences", "train", 200, seed=9).text.tolist()[-64:]
+    probe = subset("sst2_sentences", "test", 20, seed=8).text.tolist()
+    params = dict(teacher=teacher_dir, distill_weight=0.5, batch_size=8)
+    student = _fit(tiny_model_dir, texts, labels, **params)
+    widened = TextClassifier(model=tiny_model_dir, **{**FAST, "epochs": 2, "val_fraction": 0, **params}).fit(
+        texts, labels, unlabeled_texts=unlabeled)
+    assert widened.data_["unlabeled"]["rows"] == 64 and widened.data_["train"]["rows_used"] == 32
+    assert not np.allclose(widened.predict_proba(probe), student.predict_proba(probe), atol=1e-3)
+    # Their placeholder targets stay out of the label loss: not the run that labels them all with the first class.
+    first_class = TextClassifier(model=tiny_model_dir, **{**FAST, "epochs": 2, "val_fraction": 0, **params}).fit(
+        texts + unlabeled, labels + [widened.classes_[0]] * len(unlabeled))
+    assert not np.allclose(widened.predict_proba(probe), first_class.predict_proba(probe), atol=1e-3)
+    assert widened.history_[-1]["train_loss"] < first_class.history_[-1]["train_loss"]
+    with pytest.raises(BertclfError, match="unlabeled texts learn only from a teacher's predictions; pass --teacher"):
+        _fit(tiny_model_dir, texts, labels).fit(texts, labels, unlabeled_texts=unlabeled)
+    with pytest.raises(BertclfError, match="with a --distill-weight above 0"):
+        TextClassifier(model=tiny_model_dir, teacher=teacher_dir, distill_weight=0.0).fit(texts, labels, unlabeled_texts=unlabeled)
+
+
+def test_cli_trains_on_unlabeled_texts_and_warns_where_they_hold_test_texts(sst_binary, tiny_model_dir, tmp_path, write,
+                                                                           capsys):
+    _, teacher_dir, _ = sst_binary
+    train = write("train.csv", subset("sst2_sentences", "train", 48, seed=10))
+    test = subset("sst2_sentences", "test", 30, seed=10)
+    extra = subset("sst2_sentences", "train", 300, seed=11).tail(40)[["text"]]
+    unlabeled = write("unlabeled.csv", pd.concat([extra, test.head(3)[["text"]]]))
+    out = tmp_path / "student"
+    assert main(["train", train, "--test", write("test.csv", test), "-o", str(out), "--model", tiny_model_dir,
+                 "--epochs", "1", "--max-length", "48", "--teacher", teacher_dir, "--unlabeled", unlabeled]) == 0
+    assert "warning: test: 3 rows (10.0%) also occur in the unlabeled texts" in capsys.readouterr().err
+    record = json.load(open(out / "bertclf.json"))
+    assert record["data"]["unlabeled"]["rows"] == 43 and record["data"]["unlabeled"]["path"] == unlabeled
+    assert main(["train", train, "-o", str(tmp_path / "no-teacher"), "--model", tiny_model_dir, "--unlabeled", unlabeled]) == 2
+    assert "unlabeled texts learn only from a teacher's predictions" in capsys.readouterr().err

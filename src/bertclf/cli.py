@@ -120,6 +120,10 @@ def _train_parser(sub) -> None:
                    help="knowledge distillation: a model directory from 'bertclf train' on the same labels (e.g. a larger, "
                         "slower model); this model also learns to match its predictions on the training texts. The "
                         "teacher scores them once (kept in the cache for the next run)")
+    p.add_argument("--unlabeled", metavar="FILE",
+                   help="with --teacher: more texts of the same kind without labels (a file with the text column; "
+                        "other columns are not read) that learn from the teacher's predictions alone, in every epoch "
+                        "beside the labelled texts: distillation gains most on texts beyond the labelled ones")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
                    help="auto: bf16 on CPUs/GPUs that have it, fp16 on older GPUs, else fp32 (default: auto)")
     p.add_argument("--compile", action="store_true", default=None,
@@ -139,7 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoints import Checkpointing, directory_for
     from .config import DATA_KEYS, merge
     from . import validation
-    from .data import read_splits
+    from .data import read_splits, read_unlabeled
     from .estimator import TextClassifier
     from .metrics import check_metric, render
     from .modeling import is_main_process
@@ -150,11 +154,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     options["verbose"] = not args.quiet
 
     splits, task, _ = read_splits(args.train_file, args.dev, args.test, task=options["task"], **data_options)
+    unlabeled = read_unlabeled(args.unlabeled, data_options["text_column"], data_options["drop_empty"]) if args.unlabeled else None
     train, multilabel = splits["train"], task == "multilabel"
     check_metric(options["metric"], multilabel)
     if options["verbose"] and is_main_process():
-        _report_dropped(splits)
-        for line in validation.warnings(validation.report(splits, multilabel)):
+        _report_dropped({**splits, **({"unlabeled": unlabeled} if unlabeled else {})})
+        lines = validation.warnings(validation.report(splits, multilabel))
+        for line in lines + (validation.unlabeled_warnings(unlabeled, splits) if unlabeled else []):
             print(f"warning: {line}", file=sys.stderr)
 
     if args.checkpoint_every < 0 or args.keep_checkpoints < 1:
@@ -171,7 +177,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             train.texts,
             train.labels,
             eval_set=(dev.texts, dev.labels) if dev else None,
-            data_info={"train": train.source, **({"dev": dev.source} if dev else {})},
+            unlabeled_texts=unlabeled.texts if unlabeled else None,
+            data_info={"train": train.source, **({"dev": dev.source} if dev else {}),
+                       **({"unlabeled": unlabeled.source} if unlabeled else {})},
             checkpointing=checkpointing,
         )
     except KeyboardInterrupt:

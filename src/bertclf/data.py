@@ -305,6 +305,15 @@ def load_labeled(
     return table, texts, raw, positions
 
 
+def read_unlabeled(path: str | os.PathLike, text_column: str = "text", drop_empty: bool = False) -> LabeledData:
+    """Texts without labels (distillation's transfer set): the text column only; ``labels`` stays empty."""
+    table = read_table(path)
+    texts, _ = read_texts(table, text_column, "drop" if drop_empty else "error")
+    source = {"path": os.path.abspath(table.path), "rows": len(texts), "sha256": table.sha256,
+              "dropped_empty": len(table.frame) - len(texts)}
+    return LabeledData(texts, [], source)
+
+
 def read_labeled(
     path: str | os.PathLike,
     *,

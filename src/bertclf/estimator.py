@@ -85,6 +85,7 @@ class TextClassifier:
         labels: Sequence,
         eval_set: tuple[Sequence[str], Sequence] | None = None,
         *,
+        unlabeled_texts: Sequence[str] | None = None,
         data_info: dict | None = None,
         checkpointing: Checkpointing | None = None,
         on_epoch: Callable[[dict], None] | None = None,
@@ -95,9 +96,16 @@ class TextClassifier:
         file fingerprints ({"train": {...}, "dev": {...}}) instead of the content hashes used by default.
         ``checkpointing`` saves resumable checkpoints and, with ``resume_from``, continues from one.
         ``on_epoch`` is called with each epoch's record (train loss, dev metrics); raising in it stops training.
+        ``unlabeled_texts``: more texts of the same kind, without labels, that only the ``teacher`` teaches (its
+        predictions on them are their whole loss): distillation's gain is largest on texts beyond the labelled ones
+        (the transfer sets of DistilBERT and TinyBERT). They train in every epoch beside the labelled texts.
         """
         self._check_params()
         texts = _checked_texts(texts, "training texts")
+        unlabeled = _checked_texts(unlabeled_texts, "unlabeled texts") if unlabeled_texts is not None else []
+        if unlabeled and not (self.teacher and self.distill_weight > 0):
+            raise BertclfError("unlabeled texts learn only from a teacher's predictions; pass --teacher DIR "
+                               "(a model trained on the same labels) with a --distill-weight above 0, or leave them out")
         if len(labels) != len(texts):
             raise BertclfError(f"{len(texts)} texts but {len(labels)} labels; pass one label (or list) per text")
         self.task_ = infer_task(labels, self.task, label_sep=None)
@@ -136,9 +144,16 @@ class TextClassifier:
         if self.batch_tokens and self.batch_tokens < self.max_length_:
             raise BertclfError(f"--batch-tokens {self.batch_tokens} is out of range: a batch must hold one text of "
                                f"--max-length {self.max_length_} tokens")
-        train_encoded = self._encode_with(tokenizer, train_texts, cache=True)
+        train_encoded = self._encode_with(tokenizer, train_texts + unlabeled, cache=True)
         dev_encoded = self._encode_with(tokenizer, dev_texts, cache=True) if dev_texts else None
-        teacher = self._teacher_logits({"train": train_texts, "dev": dev_texts if self.refit else None}) if self.teacher else None
+        teacher = self._teacher_logits({"train": train_texts, "dev": dev_texts if self.refit else None,
+                                        "unlabeled": unlabeled}) if self.teacher else None
+
+        def taught(*labelled_parts: str) -> torch.Tensor | None:
+            """The teacher's logits in training-row order: the labelled parts' (train, and dev in a refit), then the
+            unlabeled texts'."""
+            return torch.cat([teacher[p] for p in (*labelled_parts, "unlabeled") if p in teacher]) if teacher else None
+
         self.truncated_ = {"train": train_encoded.truncated, "dev": dev_encoded.truncated if dev_encoded else 0}
         if any(self.truncated_.values()):
             how = {"chunks": "split into windows of", "head-tail": "cut to their first and last"}.get(self.long_texts, "truncated to")
@@ -153,11 +168,13 @@ class TextClassifier:
 
         result, record = self._train_run(
             source, tokenizer, train_encoded, train_labels, dev_encoded, dev_labels, self.epochs,
-            teacher_logits=teacher["train"] if teacher else None, checkpointing=checkpointing, on_epoch=on_epoch,
+            teacher_logits=taught("train"), unlabeled_rows=len(unlabeled),
+            checkpointing=checkpointing, on_epoch=on_epoch,
             fingerprint={
                 **{k: v for k, v in self.get_params().items() if k not in ("verbose", "refit")},
                 "train data": content_sha256(train_texts, train_labels),
                 "dev data": content_sha256(dev_texts, dev_labels) if dev_texts else None,
+                **({"unlabeled data": content_sha256(unlabeled)} if unlabeled else {}),
             },
         )
         tokenizer.model_max_length = self.max_length_  # the artifact's tokenizer truncates as training did
@@ -177,6 +194,8 @@ class TextClassifier:
         }
         if dev_texts:
             self.data_["dev"] = {"rows": len(dev_texts), **data_info.get("dev", {})}
+        if unlabeled:
+            self.data_["unlabeled"] = {"rows": len(unlabeled), **data_info.get("unlabeled", {})}
         # Final dev metrics come from the saved weights through the same path as predict().
         self.metrics_ = {}
         if dev_texts:
@@ -186,8 +205,8 @@ class TextClassifier:
             self.metrics_["dev"] = self._scores(dev_logits, dev_targets)
         self.refit_ = None
         if self.refit:
-            self._refit(source, train_texts + dev_texts, train_labels + dev_labels,
-                        torch.cat([teacher["train"], teacher["dev"]]) if teacher else None)
+            self._refit(source, train_texts + dev_texts, train_labels + dev_labels, unlabeled,
+                        taught("train", "dev"))
         return self
 
     def _teacher_logits(self, parts: dict[str, list[str] | None]) -> dict[str, torch.Tensor]:
@@ -221,7 +240,8 @@ class TextClassifier:
             out[part] = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))
         return out
 
-    def _refit(self, source: str, texts: list[str], labels: list, teacher_logits: torch.Tensor | None = None) -> None:
+    def _refit(self, source: str, texts: list[str], labels: list, unlabeled: list[str],
+               teacher_logits: torch.Tensor | None = None) -> None:
         """Replace the selected model with one trained from the pretrained weights on ``texts`` (train + dev) for
         the selected number of epochs. Dev metrics and thresholds stay those of the selection run: the dev texts
         are now training data, so they can no longer score the model; the test set still scores it honestly."""
@@ -229,19 +249,20 @@ class TextClassifier:
         self._say(f"refit: training again from {self.model or DEFAULT_MODEL} on all {len(texts)} train + dev texts "
                   f"for the best epoch count, {epochs}")
         self.model_ = None  # the selected model's memory back before the second one is built
-        encoded = self._encode_with(self.tokenizer_, texts, cache=True)
+        encoded = self._encode_with(self.tokenizer_, texts + unlabeled, cache=True)
         result, record = self._train_run(source, self.tokenizer_, encoded, labels, None, None, epochs,
-                                         teacher_logits=teacher_logits)
+                                         teacher_logits=teacher_logits, unlabeled_rows=len(unlabeled))
         self.model_ = result.model
         self.refit_ = {"rows": len(texts), "history": result.history, **record}
         self.data_["train"]["rows_used"] = len(texts)
 
     def _train_run(self, source: str, tokenizer, train_encoded: Encoded, train_labels: list, dev_encoded: Encoded | None,
                    dev_labels: list | None, epochs: int | None, *, teacher_logits: torch.Tensor | None = None,
-                   checkpointing: Checkpointing | None = None,
+                   unlabeled_rows: int = 0, checkpointing: Checkpointing | None = None,
                    on_epoch: Callable[[dict], None] | None = None, fingerprint: dict | None = None) -> tuple:
         """One training run from the pretrained weights and a freshly seeded head: the loop of :mod:`train`
         with this estimator's settings, keeping the best epoch on ``dev_encoded`` (the last without one).
+        The last ``unlabeled_rows`` texts of ``train_encoded`` have no label (``train_labels`` covers the others).
         Returns the loop's result and the run's settings and speed, as the artifact records them."""
         from accelerate.utils import set_seed
 
@@ -253,15 +274,20 @@ class TextClassifier:
         self.lr_ = self.lr or default_lr(model.config)
         self._say(f"model {self.model or DEFAULT_MODEL}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
                   f"task {self.task_}, {len(self.classes_)} classes, lr {self.lr_:g}, {len(train_labels)} train / "
-                  f"{len(dev_labels) if dev_labels else 0} dev texts")
+                  f"{len(dev_labels) if dev_labels else 0} dev texts" + (f" / {unlabeled_rows} unlabeled" if unlabeled_rows else ""))
         train_targets = self._targets(train_labels)
         if multilabel and not init_label_priors(model, train_targets):
             self._say("could not find the model's output layer: its label biases start at zero, not at the label "
                       "frequencies (multi-label training may learn slowly)")
+        labelled = None
+        if unlabeled_rows:  # placeholder targets, masked out of the label loss
+            train_targets = torch.cat([train_targets, train_targets.new_zeros((unlabeled_rows, *train_targets.shape[1:]))])
+            labelled = torch.arange(len(train_targets)) < len(train_labels)
         if train_encoded.text_of is not None:  # every window learns its text's label (and its teacher's logits)
-            train_targets = train_targets[torch.from_numpy(train_encoded.text_of)]
-            if teacher_logits is not None:
-                teacher_logits = teacher_logits[torch.from_numpy(train_encoded.text_of)]
+            windows = torch.from_numpy(train_encoded.text_of)
+            train_targets = train_targets[windows]
+            teacher_logits = teacher_logits[windows] if teacher_logits is not None else None
+            labelled = labelled[windows] if labelled is not None else None
 
         if self.batch_tokens is None:
             batch_tokens = default_batch_tokens(train_encoded.lengths, self.batch_size)
@@ -292,6 +318,7 @@ class TextClassifier:
                 checkpointing=checkpointing,
                 class_weights=self._class_weights(train_labels),
                 teacher_logits=teacher_logits,
+                labelled=labelled,
                 on_epoch=on_epoch,
                 fingerprint=fingerprint,
             )

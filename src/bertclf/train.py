@@ -121,6 +121,7 @@ def train(
     fingerprint: dict | None = None,
     class_weights: torch.Tensor | None = None,
     teacher_logits: torch.Tensor | None = None,
+    labelled: torch.Tensor | None = None,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` for ``epochs`` with the hyperparameters of ``params`` (a :class:`TextClassifier`) at
@@ -130,7 +131,9 @@ def train(
     resume from it; ``fingerprint`` (settings and data hashes) guards against resuming a different run.
     ``class_weights`` weight the loss per class (cross-entropy) or per label (BCE ``pos_weight``).
     ``teacher_logits`` (one row per training row): a teacher's outputs, matched with ``params.distill_weight`` of
-    the loss (see :func:`distillation_loss`).
+    the loss (see :func:`distillation_loss`). ``labelled`` (bool per training row, None: all): rows without a
+    label (their targets are placeholders) learn from the teacher alone; the label loss averages over a batch's
+    labelled rows.
     ``on_epoch`` receives each epoch's record (loss, speed, dev metrics) as soon as it is known; an
     exception it raises stops training (a tuner's pruning).
     """
@@ -186,6 +189,8 @@ def train(
         loss_fn = functools.partial(F.cross_entropy, weight=class_weights)
     if teacher_logits is not None:
         teacher_logits = teacher_logits.to(accelerator.device)
+    if labelled is not None:
+        labelled = labelled.to(accelerator.device)
 
     progress = {
         "epoch": 1, "batches_done": 0, "step": 0, "finished": False, "history": [], "best_epoch": 0,
@@ -219,7 +224,11 @@ def train(
         for batch in bar:
             with accelerator.accumulate(model):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                loss = loss_fn(logits.float(), batch["labels"])
+                if labelled is None:
+                    loss = loss_fn(logits.float(), batch["labels"])
+                else:
+                    mask = labelled[batch["index"]]
+                    loss = loss_fn(logits.float()[mask], batch["labels"][mask]) if mask.any() else logits.new_zeros((), dtype=torch.float32)
                 if teacher_logits is not None:
                     soft = distillation_loss(logits.float(), teacher_logits[batch["index"]], params.distill_temperature, multilabel)
                     loss = (1 - params.distill_weight) * loss + params.distill_weight * soft

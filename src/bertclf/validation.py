@@ -42,6 +42,18 @@ def leakage(train: LabeledData, other: LabeledData) -> dict:
     return {"rows": len(leaked), "share": len(leaked) / max(len(other.texts), 1), "examples": leaked[:5]}
 
 
+def unlabeled_warnings(unlabeled: LabeledData, splits: dict[str, LabeledData]) -> list[str]:
+    """Unlabeled (transfer) texts that are also dev or test texts: the teacher's predictions on them train the
+    model, so those scores overstate it as train leakage would."""
+    lines = []
+    for name in ("dev", "test"):
+        leaked = leakage(unlabeled, splits[name]) if name in splits else {"rows": 0}
+        if leaked["rows"]:
+            lines.append(f"{name}: {leaked['rows']} rows ({leaked['share']:.1%}) also occur in the unlabeled texts, whose "
+                         "teacher predictions train the model, so its scores overstate how well it generalises")
+    return lines
+
+
 def distribution(data: LabeledData, multilabel: bool) -> dict:
     counts = label_counts(data.labels, multilabel)
     return {"counts": dict(sorted(counts.items(), key=lambda kv: -kv[1])), "imbalance": imbalance(counts)}
