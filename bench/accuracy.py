@@ -79,7 +79,7 @@ SUITE: dict[str, dict] = {
                           # a teacher that learned the phrases it labels, not only the sentences (dev 0.9369 against 0.9300)
                           "distilled from phrase-trained mpnet": ["--teacher", teacher("sst2-mpnet-seed42")],
                           # the same, with sentences of IMDB's train reviews that only the teacher labels (--unlabeled):
-                          # the transfer set beyond the labelled texts that DistilBERT and TinyBERT distil on
+                          # a transfer set beyond the labelled texts, as Tang et al. 2019 and TinyBERT (Jiao et al. 2020) distil on
                           "distilled from phrase-trained mpnet + 30000 imdb sentences": ["--teacher", teacher("sst2-mpnet-seed42")]},
              "variant_unlabeled": {"distilled from phrase-trained mpnet + 30000 imdb sentences": ("imdb", 30000)}},
     # The Kim (2014) sentence-level split: 6,920 train sentences, same dev and test sentences as GLUE's. The distilled

@@ -97,8 +97,9 @@ class TextClassifier:
         ``checkpointing`` saves resumable checkpoints and, with ``resume_from``, continues from one.
         ``on_epoch`` is called with each epoch's record (train loss, dev metrics); raising in it stops training.
         ``unlabeled_texts``: more texts of the same kind, without labels, that only the ``teacher`` teaches (its
-        predictions on them are their whole loss): distillation's gain is largest on texts beyond the labelled ones
-        (the transfer sets of DistilBERT and TinyBERT). They train in every epoch beside the labelled texts.
+        predictions on them are their whole loss): distillation gains most on texts beyond the labelled ones (the
+        augmented transfer sets of Tang et al. 2019 and TinyBERT, Jiao et al. 2020). They train in every epoch beside
+        the labelled texts.
         """
         self._check_params()
         texts = _checked_texts(texts, "training texts")
