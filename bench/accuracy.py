@@ -349,7 +349,8 @@ def markdown(rows: list[dict]) -> str:
     lines = ["# Accuracy on real datasets", "",
              "`bertclf train` with its defaults unless the variant says otherwise, MiniLM-L6 (all-MiniLM-L6-v2; variants named "
              "mpnet fine-tune all-mpnet-base-v2, 110M parameters, from `bash scripts/get_mpnet.sh`; variants named distilled train "
-             "MiniLM to match such a model's predictions as well as the labels, `--teacher`), this "
+             "MiniLM to match such a model's predictions as well as the labels, `--teacher`; a train rows count \"+ N unlabeled\" adds N "
+             "texts that only the teacher labels, `--unlabeled`), this "
              f"machine's {os.cpu_count()} CPU cores. Best epoch picked on dev (or on the seeded 20% split of train where a "
              "dataset has no dev file); test scored once, by the backend of the training precision since 2026-12-05 (torch-bf16 for a bf16-trained model, as `bertclf evaluate --backend auto` without an export; before, torch fp32 for every row). The refit variants (`--refit`) then train again from the pretrained weights on train + dev for the best epoch count and score that model. The defaults weight the loss by inverse class frequency where the largest class has at least 3x the smallest's training texts (`--class-weight auto`: TREC, Banking77, emotion); the `class-weight none` variants turn that off. Without `--epochs`, bertclf derives them from the training set's "
              "size (enough for 2,000 optimizer steps, 3 to 10; patience 2): the epochs column shows what each run used. "

@@ -120,6 +120,19 @@ def test_unlabeled_texts_learn_from_the_teacher_alone(sst_binary, tiny_model_dir
         TextClassifier(model=tiny_model_dir, teacher=teacher_dir, distill_weight=0.0).fit(texts, labels, unlabeled_texts=unlabeled)
 
 
+def test_unlabeled_texts_join_the_refit_and_split_into_windows_like_the_labelled(sst_binary, tiny_model_dir):
+    """With --long-texts chunks every window of an unlabeled text stays unlabeled (the mask follows the windows),
+    and the refit trains on train + dev + the unlabeled texts."""
+    _, teacher_dir, _ = sst_binary
+    labelled = subset("sst2_sentences", "train", 40, seed=12)
+    unlabeled = subset("sst2_sentences", "train", 300, seed=13).text.tolist()[-24:]
+    clf = TextClassifier(model=tiny_model_dir, **{**FAST, "epochs": 1, "max_length": 16, "batch_size": 8}, teacher=teacher_dir,
+                         long_texts="chunks", val_fraction=0.25, refit=True)
+    clf.fit(labelled.text.tolist(), labelled.label.tolist(), unlabeled_texts=unlabeled)
+    assert clf.truncated_["train"] > 0 and clf.refit_["rows"] == 40 and clf.data_["unlabeled"]["rows"] == 24
+    assert clf.data_["train"]["rows_used"] == 40 and np.isfinite(clf.refit_["history"][0]["train_loss"])
+
+
 def test_cli_trains_on_unlabeled_texts_and_warns_where_they_hold_test_texts(sst_binary, tiny_model_dir, tmp_path, write,
                                                                            capsys):
     _, teacher_dir, _ = sst_binary
