@@ -136,9 +136,8 @@ def test_every_teacher_a_variant_distils_from_has_the_command_that_trains_it(mon
     assert all(f"--output runs/teachers/{name}" in command for name, command in accuracy.TEACHERS.items())
 
 
-def test_a_variant_can_train_on_its_own_sample_size(monkeypatch, tmp_path):
-    """IMDB's "head-tail 6000 reviews" trains on a 6,000-review sample; the dataset's other variants keep its 3,000.
-    A variant's own --epochs (or --max-length) replaces the dataset's instead of following it."""
+def first_command(monkeypatch, dataset: str, variant: str, work, quick: bool = False) -> list[str]:
+    """The `bertclf train` command bench/accuracy.py would run first for a variant (nothing is trained)."""
     monkeypatch.syspath_prepend(str(REPO / "bench"))
     import accuracy
 
@@ -149,15 +148,22 @@ def test_a_variant_can_train_on_its_own_sample_size(monkeypatch, tmp_path):
         raise Ran(command)
 
     monkeypatch.setattr(accuracy, "run_once", record_command)
+    try:
+        accuracy.dataset_rows(dataset, variant, [42], None, work, quick=quick)
+    except Ran as ran:
+        return ran.args[0]
+    raise AssertionError(f"{dataset} {variant} ran no command")
+
+
+def test_a_variant_can_train_on_its_own_sample_size(monkeypatch, tmp_path):
+    """IMDB's "head-tail 6000 reviews" trains on a 6,000-review sample; the dataset's other variants keep its 3,000.
+    A variant's own --epochs (or --max-length) replaces the dataset's instead of following it."""
     trained, epochs, lengths = {}, {}, {}
     for variant in ("max-length 256", "head-tail", "head-tail 6000 reviews", "head-tail 12000 reviews 1 epoch", "head-tail 15000 reviews 1 epoch"):
-        try:
-            accuracy.dataset_rows("imdb", variant, [42], None, tmp_path, quick=False)
-        except Ran as ran:
-            command = ran.args[0]
-            trained[variant] = command[4]
-            epochs[variant] = [command[at + 1] for at, token in enumerate(command) if token == "--epochs"]
-            lengths[variant] = [command[at + 1] for at, token in enumerate(command) if token == "--max-length"]
+        command = first_command(monkeypatch, "imdb", variant, tmp_path)
+        trained[variant] = command[4]
+        epochs[variant] = [command[at + 1] for at, token in enumerate(command) if token == "--epochs"]
+        lengths[variant] = [command[at + 1] for at, token in enumerate(command) if token == "--max-length"]
     assert trained == {"max-length 256": str(tmp_path / "data" / "imdb-train-3000.csv"),
                        "head-tail": str(tmp_path / "data" / "imdb-train-3000.csv"),
                        "head-tail 6000 reviews": str(tmp_path / "data" / "imdb-train-6000.csv"),
@@ -171,21 +177,8 @@ def test_a_variant_can_train_on_its_own_sample_size(monkeypatch, tmp_path):
 
 def test_a_variant_with_a_transfer_set_passes_sentences_of_another_dataset_as_unlabeled(monkeypatch, tmp_path):
     """SST-2's "+ 30000 imdb sentences" variant: distinct sentences of IMDB's train reviews, 4 to 50 words, no markup."""
-    monkeypatch.syspath_prepend(str(REPO / "bench"))
-    import accuracy
-
-    class Ran(Exception):
-        pass
-
-    def record_command(command, reuse=False):
-        raise Ran(command)
-
-    monkeypatch.setattr(accuracy, "run_once", record_command)
     for quick, rows in ((False, 30000), (True, 200)):
-        try:
-            accuracy.dataset_rows("sst2", "distilled from phrase-trained mpnet + 30000 imdb sentences", [42], None, tmp_path, quick=quick)
-        except Ran as ran:
-            command = ran.args[0]
+        command = first_command(monkeypatch, "sst2", "distilled from phrase-trained mpnet + 30000 imdb sentences", tmp_path, quick)
         path = command[command.index("--unlabeled") + 1]
         assert path == str(tmp_path / "data" / f"imdb-train-sentences-{rows}.csv") and "--teacher" in command
         sentences = pd.read_csv(path, keep_default_na=False)
