@@ -309,9 +309,12 @@ def read_unlabeled(path: str | os.PathLike, text_column: str = "text", drop_empt
     """Texts without labels (distillation's transfer set): the text column only; ``labels`` stays empty."""
     table = read_table(path)
     texts, _ = read_texts(table, text_column, "drop" if drop_empty else "error")
-    source = {"path": os.path.abspath(table.path), "rows": len(texts), "sha256": table.sha256,
-              "dropped_empty": len(table.frame) - len(texts)}
-    return LabeledData(texts, [], source)
+    return LabeledData(texts, [], _source(table, len(texts)))
+
+
+def _source(table: Table, rows: int) -> dict:
+    """Where a split's ``rows`` texts came from, as the artifact records it."""
+    return {"path": os.path.abspath(table.path), "rows": rows, "sha256": table.sha256, "dropped_empty": len(table.frame) - rows}
 
 
 def read_labeled(
@@ -327,13 +330,7 @@ def read_labeled(
     table, texts, raw, positions = load_labeled(path, text_column, label_column, drop_empty)
     resolved = infer_task(raw, task, label_sep)
     labels = normalize_labels(table, raw, positions, resolved == "multilabel", label_sep)
-    source = {
-        "path": os.path.abspath(table.path),
-        "rows": len(texts),
-        "sha256": table.sha256,
-        "dropped_empty": len(table.frame) - len(texts),
-    }
-    return LabeledData(texts, labels, source), resolved
+    return LabeledData(texts, labels, _source(table, len(texts))), resolved
 
 
 def class_names(labels: Sequence, multilabel: bool) -> list[str]:
