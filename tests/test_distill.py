@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
+import bertclf.train
 from bertclf import BertclfError, TextClassifier
 from bertclf.cli import main
-from bertclf.train import distillation_loss
+from bertclf.train import distillation_loss, train
 
 from .conftest import FAST, subset
 
@@ -120,15 +121,26 @@ def test_unlabeled_texts_learn_from_the_teacher_alone(sst_binary, tiny_model_dir
         TextClassifier(model=tiny_model_dir, teacher=teacher_dir, distill_weight=0.0).fit(texts, labels, unlabeled_texts=unlabeled)
 
 
-def test_unlabeled_texts_join_the_refit_and_split_into_windows_like_the_labelled(sst_binary, tiny_model_dir):
+def test_unlabeled_texts_join_the_refit_and_split_into_windows_like_the_labelled(sst_binary, tiny_model_dir, monkeypatch):
     """With --long-texts chunks every window of an unlabeled text stays unlabeled (the mask follows the windows),
     and the refit trains on train + dev + the unlabeled texts."""
     _, teacher_dir, _ = sst_binary
     labelled = subset("sst2_sentences", "train", 40, seed=12)
     unlabeled = subset("sst2_sentences", "train", 300, seed=13).text.tolist()[-24:]
+    masks = []  # (which text each window is from, the labelled mask) for the selection run and the refit
+
+    def recording_train(model, train_encoded, *args, **kwargs):
+        masks.append((train_encoded.text_of, kwargs["labelled"].numpy()))
+        return train(model, train_encoded, *args, **kwargs)
+
+    monkeypatch.setattr(bertclf.train, "train", recording_train)  # the estimator imports it when it trains
     clf = TextClassifier(model=tiny_model_dir, **{**FAST, "epochs": 1, "max_length": 16, "batch_size": 8}, teacher=teacher_dir,
                          long_texts="chunks", val_fraction=0.25, refit=True)
     clf.fit(labelled.text.tolist(), labelled.label.tolist(), unlabeled_texts=unlabeled)
+    for (text_of, mask), labelled_texts in zip(masks, (30, 40), strict=True):  # selection: 30 train texts, refit: 40
+        assert len(mask) == len(text_of) > labelled_texts + 24  # some texts split into several windows
+        np.testing.assert_array_equal(mask, text_of < labelled_texts)
+        assert set(text_of[~mask]) == set(range(labelled_texts, labelled_texts + 24))
     assert clf.truncated_["train"] > 0 and clf.refit_["rows"] == 40 and clf.data_["unlabeled"]["rows"] == 24
     assert clf.data_["train"]["rows_used"] == 40 and np.isfinite(clf.refit_["history"][0]["train_loss"])
 
