@@ -81,8 +81,9 @@ SUITE: dict[str, dict] = {
                           # the same, with sentences of IMDB's train reviews that only the teacher labels (--unlabeled):
                           # a transfer set beyond the labelled texts, as Tang et al. 2019 and TinyBERT (Jiao et al. 2020) distil on
                           "distilled from phrase-trained mpnet + 30000 imdb sentences": ["--teacher", teacher("sst2-mpnet-seed42")],
-                          # twice the transfer set in 2 epochs, about the 3 epochs' training time: is more unlabeled
-                          # text worth more than a third pass?
+                          # twice the transfer set in 2 epochs (fewer texts seen than 3 epochs with 30,000, but IMDB's
+                          # sentences are twice the phrases' length: 54-56 minutes a run): is more unlabeled text worth
+                          # more than a third pass? Less dev, more test on seeds 42-43
                           "distilled from phrase-trained mpnet + 60000 imdb sentences 2 epochs": ["--teacher", teacher("sst2-mpnet-seed42"), "--epochs", "2"]},
              "variant_unlabeled": {"distilled from phrase-trained mpnet + 30000 imdb sentences": ("imdb", 30000),
                                    "distilled from phrase-trained mpnet + 60000 imdb sentences 2 epochs": ("imdb", 60000)}},
