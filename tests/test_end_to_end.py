@@ -10,12 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoTokenizer
 
 from bertclf import BertclfError, TextClassifier, backends
 from bertclf.data import imbalance, label_counts
 from bertclf.estimator import default_epochs, derived_class_weight
 from bertclf.cli import main
+from bertclf.train import label_loss
 
 from .conftest import FAST, dataset, subset
 
@@ -209,6 +211,39 @@ def test_balanced_class_weights_follow_inverse_frequency(tiny_model_dir):
     auto = TextClassifier(model=tiny_model_dir, val_fraction=0, **{**FAST, "epochs": 1}).fit(texts, labels)
     assert (auto.class_weight, auto.class_weight_, auto.training_["class_weight"]) == ("auto", "balanced", "balanced")
     assert auto._class_weights(labels).tolist() == pytest.approx([80 / (2 * 60), 80 / (2 * 20)])
+
+
+def test_label_smoothing_moves_the_loss_minimum_to_the_smoothed_targets():
+    # Single-label: the gradient vanishes where the softmax is (1 - e) on the label plus e / K on every class.
+    target, smoothing = torch.tensor([2]), 0.3
+    optimum = torch.log(torch.tensor([[0.1, 0.1, 0.8]])).requires_grad_()  # 0.3 / 3 = 0.1 each, 0.7 + 0.1 on the label
+    label_loss(False, None, smoothing)(optimum, target).backward()
+    assert torch.allclose(optimum.grad, torch.zeros(1, 3), atol=1e-6)
+    assert label_loss(False, None, 0.0)(optimum.detach(), target) == F.cross_entropy(optimum.detach(), target)
+    # Multi-label: each target moves toward 0.5, a 1 to 0.85 and a 0 to 0.15, with the positives' weight kept.
+    targets, weights = torch.tensor([[1.0, 0.0]]), torch.tensor([3.0, 0.5])
+    optimum = torch.logit(torch.tensor([[0.85, 0.15]])).requires_grad_()
+    label_loss(True, None, smoothing)(optimum, targets).backward()
+    assert torch.allclose(optimum.grad, torch.zeros(1, 2), atol=1e-6)
+    assert label_loss(True, weights, smoothing)(optimum.detach(), targets) == F.binary_cross_entropy_with_logits(
+        optimum.detach(), torch.tensor([[0.85, 0.15]]), pos_weight=weights)
+
+
+def test_label_smoothing_reaches_training_and_is_recorded(tiny_model_dir, tmp_path, write):
+    data = subset("trec", "train", 96, seed=2)
+    train, probe = write("train.csv", data), data.text.tolist()
+    runs = {}
+    for smoothing in (None, "0", "0.3"):
+        out = tmp_path / f"smoothing-{smoothing}"
+        flags = ["--label-smoothing", smoothing] if smoothing else []
+        assert main(["train", train, "-o", str(out), "--model", tiny_model_dir, "--epochs", "2", "--lr", "1e-3",
+                     "--max-length", "32", "--val-fraction", "0", "--quiet", *flags]) == 0
+        runs[smoothing] = TextClassifier.load(str(out)).predict_proba(probe)
+        assert json.load(open(out / "bertclf.json"))["params"]["label_smoothing"] == float(smoothing or 0)
+    assert np.allclose(runs[None], runs["0"], atol=1e-6)  # off by default
+    assert not np.allclose(runs["0.3"], runs["0"], atol=1e-4)
+    with pytest.raises(BertclfError, match="--label-smoothing 1.0 is out of range"):
+        TextClassifier(model=tiny_model_dir, label_smoothing=1.0, **FAST).fit(["a", "b"], ["x", "y"])
 
 
 def test_auto_class_weight_balances_only_clearly_imbalanced_single_label_data():

@@ -83,6 +83,8 @@ def _train_parser(sub) -> None:
         "layer_lr_decay": (float, "layer-wise rate decay: the head and pooler train at --lr, the top encoder layer at "
                                   "--lr x this, each layer below x this again, the embeddings lowest; 1 = one rate"),
         "warmup_ratio": (float, "share of steps with linear warmup, then linear decay"),
+        "label_smoothing": (float, "share of each label's target spread evenly over the classes (multi-label: toward "
+                                   "0.5), so the model is not pushed to certainty on the training texts; 0 = off"),
         "distill_weight": (float, "with --teacher: share of the loss that matches the teacher, the rest fits the labels"),
         "distill_temperature": (float, "with --teacher: both models' logits are divided by this before they are "
                                        "compared (softer targets), the loss multiplied by its square"),

@@ -71,6 +71,19 @@ def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float, layer_lr_
         return torch.optim.AdamW(param_groups, lr=lr)
 
 
+def label_loss(multilabel: bool, class_weights: torch.Tensor | None, smoothing: float) -> Callable:
+    """The loss against the labels: cross-entropy, or per-label BCE for multi-label, weighted per class (BCE:
+    ``pos_weight``). ``smoothing`` (Szegedy et al. 2016) moves that share of each target to the uniform
+    distribution, or for multi-label toward 0.5 (a 1 becomes 1 - smoothing/2): the model stops pushing its
+    logits toward certainty on the training texts, the usual regulariser of small fine-tuning sets."""
+    if not multilabel:
+        return functools.partial(F.cross_entropy, weight=class_weights, label_smoothing=smoothing)
+
+    def smoothed_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits, targets * (1 - smoothing) + smoothing / 2, pos_weight=class_weights)
+    return smoothed_bce
+
+
 def distillation_loss(logits: torch.Tensor, teacher: torch.Tensor, temperature: float, multilabel: bool) -> torch.Tensor:
     """How far the student's softened outputs are from the teacher's (Hinton et al. 2015): KL divergence of the
     softmaxes at ``temperature``, or for multi-label the BCE against the teacher's sigmoids; times the squared
@@ -183,10 +196,7 @@ def train(
     accelerator.register_for_checkpointing(scheduler)
     if class_weights is not None:
         class_weights = class_weights.to(accelerator.device)
-    if multilabel:
-        loss_fn = functools.partial(F.binary_cross_entropy_with_logits, pos_weight=class_weights)
-    else:
-        loss_fn = functools.partial(F.cross_entropy, weight=class_weights)
+    loss_fn = label_loss(multilabel, class_weights, params.label_smoothing)
     if teacher_logits is not None:
         teacher_logits = teacher_logits.to(accelerator.device)
     if labelled is not None:
