@@ -119,7 +119,8 @@ SUITE: dict[str, dict] = {
                                "refit class-weight none": ["--refit", "--class-weight", "none"],
                                "refit 10 epochs class-weight none": ["--refit", "--epochs", "10", "--class-weight", "none"],
                                # 77 intents from 35-187 texts each: the defaults with the targets' mass off certainty
-                               "label-smoothing 0.1": ["--label-smoothing", "0.1"]}},
+                               "label-smoothing 0.1": ["--label-smoothing", "0.1"],
+                               "refit label-smoothing 0.1": ["--refit", "--label-smoothing", "0.1"]}},
     # refit: the 2,000 dev texts join train (16,000) for a second run of the dev-picked epoch count, as on Banking77
     "emotion": {"metrics": ["accuracy", "macro_f1"], "report": ["test"], "anchor": "bert-base 94.05 acc (issue 3); model cards about 93-94 (no paper)",
                 "target": {"accuracy": 0.93, "macro_f1": 0.89},
