@@ -124,7 +124,8 @@ SUITE: dict[str, dict] = {
     # refit: the 2,000 dev texts join train (16,000) for a second run of the dev-picked epoch count, as on Banking77
     "emotion": {"metrics": ["accuracy", "macro_f1"], "report": ["test"], "anchor": "bert-base 94.05 acc (issue 3); model cards about 93-94 (no paper)",
                 "target": {"accuracy": 0.93, "macro_f1": 0.89},
-                "variants": {"": [], "class-weight none": ["--class-weight", "none"], "refit": ["--refit"]}},
+                "variants": {"": [], "class-weight none": ["--class-weight", "none"], "refit": ["--refit"],
+                             "label-smoothing 0.1": ["--label-smoothing", "0.1"]}},
     "goemotions": {"metrics": ["macro_f1"], "report": ["test"], "anchor": "BERT-base 46 (Demszky et al. 2020), 50.3 (monologg/GoEmotions-pytorch reproduction)",
                    "target": {"macro_f1": 0.50}, "quick_sample": 1000,  # 1,000 rows hold all 28 labels
                    # the derived epochs (5 for multi-label since 2026-11-27) against the earlier 3; a doubled
