@@ -76,3 +76,20 @@ def test_tuned_thresholds_maximise_each_labels_f1():
     assert cuts[0] == 0.5  # separable at any cut in (0.1, 0.9]: the tie goes to 0.5
     assert 0.18 < cuts[1] <= 0.2  # the rare label's scores never reach 0.5; the best cut sits below them
     assert cuts[2] == 0.5
+
+
+def test_a_label_smoothed_models_thresholds_stay_above_its_negatives_target():
+    """Trained with label smoothing 0.1, an unlearned label scores about 0.05 on every row, the negatives' target:
+    the plain grid's lowest cut, 0.05, flags half the rows; the mapped grid starts above them and keeps 0.5."""
+    from bertclf.metrics import tune_thresholds
+
+    rng = np.random.default_rng(0)
+    truth = np.zeros((1000, 2), dtype=int)
+    truth[:5, 0] = truth[:100, 1] = 1
+    probs = np.stack([rng.normal(0.05, 0.01, 1000),  # label 0 never learned: positives score as negatives do
+                      np.where(truth[:, 1] == 1, 0.8, 0.05)], axis=1)  # label 1 learned: 0.05 off, 1 - 0.05 - 0.15 on
+    assert tune_thresholds(probs, truth)[0] == 0.05  # the degenerate cut that flags about half the rows
+    cuts = tune_thresholds(probs, truth, label_smoothing=0.1)
+    assert cuts[0] == 0.5 and (probs[:, 0] >= cuts[0]).sum() == 0
+    assert cuts[1] == 0.5  # a learned label is separable at any mapped cut up to 0.77: the tie still goes to 0.5
+    assert min(tune_thresholds(rng.random((50, 3)), rng.random((50, 3)) < 0.3, label_smoothing=0.1)) >= 0.095

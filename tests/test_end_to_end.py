@@ -16,6 +16,7 @@ from transformers import AutoTokenizer
 from bertclf import BertclfError, TextClassifier, backends
 from bertclf.data import imbalance, label_counts
 from bertclf.estimator import default_epochs, derived_class_weight
+from bertclf.metrics import THRESHOLD_GRID
 from bertclf.cli import main
 from bertclf.train import label_loss
 
@@ -151,6 +152,12 @@ def test_multilabel_end_to_end(tmp_path, write, tiny_model_dir, capsys):
     assert set(record["thresholds"]) != {0.5} and "per-label thresholds tuned on dev" in capsys.readouterr().out
     config = json.load(open(model / "config.json"))
     assert config["problem_type"] == "multi_label_classification"
+    # trained with label smoothing 0.3 (targets 0.15 and 0.85), the cuts come from the grid mapped into that range
+    smoothed = tmp_path / "ge-smoothed"
+    assert main(["train", train_path, "--dev", dev_path, "-o", str(smoothed), "--model", tiny_model_dir, "--epochs", "1",
+                 "--lr", "1e-3", "--max-length", "48", "--label-smoothing", "0.3", "--quiet"]) == 0
+    cuts = set(json.load(open(smoothed / "bertclf.json"))["thresholds"])
+    assert cuts <= set(np.round(THRESHOLD_GRID * 0.7 + 0.15, 4)) and cuts != {0.5}
 
     clf = TextClassifier.load(str(model))
     probs = clf.predict_proba(dev.text.tolist())

@@ -203,7 +203,7 @@ class TextClassifier:
         if dev_texts:
             dev_logits, dev_targets = self._forward(dev_encoded), self._targets(dev_labels).numpy()
             if multilabel and self.tune_thresholds:
-                self.thresholds_ = tune_thresholds(probabilities(dev_logits, True), dev_targets)
+                self.thresholds_ = tune_thresholds(probabilities(dev_logits, True), dev_targets, self.label_smoothing)
             self.metrics_["dev"] = self._scores(dev_logits, dev_targets)
         self.refit_ = None
         if self.refit:
