@@ -72,7 +72,10 @@ def main() -> None:
     for path in args.models:
         clf = TextClassifier.load(path)
         (dev_texts, y_dev), (test_texts, y_test) = read("dev", clf.classes_), read("test", clf.classes_)
-        p_dev, p_test = clf.predict_proba(dev_texts), clf.predict_proba(test_texts)
+        # a model trained with --label-smoothing E learned the targets E/2 and 1 - E/2: back on the 0-1 scale the
+        # strategies' grids are for (bertclf maps its grid the other way, the same cuts)
+        smoothing = clf.label_smoothing
+        p_dev, p_test = ((clf.predict_proba(texts) - smoothing / 2) / (1 - smoothing) for texts in (dev_texts, test_texts))
         result = {}
         for name, fit in STRATEGIES.items():
             result[name] = {"dev_5fold": round(dev_cross_validated(fit, p_dev, y_dev), 4),
