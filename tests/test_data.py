@@ -87,7 +87,7 @@ def test_a_label_smoothed_models_thresholds_stay_above_its_negatives_target():
     truth = np.zeros((1000, 2), dtype=int)
     truth[:5, 0] = truth[:100, 1] = 1
     probs = np.stack([rng.normal(0.05, 0.01, 1000),  # label 0 never learned: positives score as negatives do
-                      np.where(truth[:, 1] == 1, 0.8, 0.05)], axis=1)  # label 1 learned: 0.05 off, 1 - 0.05 - 0.15 on
+                      np.where(truth[:, 1] == 1, 0.8, 0.05)], axis=1)  # label 1 learned: 0.05 off, 0.8 on
     assert tune_thresholds(probs, truth)[0] == 0.05  # the degenerate cut that flags about half the rows
     cuts = tune_thresholds(probs, truth, label_smoothing=0.1)
     assert cuts[0] == 0.5 and (probs[:, 0] >= cuts[0]).sum() == 0
