@@ -12,7 +12,7 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from bertclf.checkpoints import BEST_FILE, complete, directory_for, remove_orphans
+from bertclf.checkpoints import BEST_FILE, PROGRESS_FILE, complete, directory_for, remove_orphans
 from bertclf.cli import main
 
 from .conftest import child_env, subset
@@ -106,6 +106,25 @@ def test_resume_refuses_changed_settings(tmp_path, common, capsys):
     changed = [a if a != "1e-3" else "2e-3" for a in common]
     assert run([*changed, "-o", out, "--resume"]) == 2
     assert "the checkpoint was made with different lr" in capsys.readouterr().err
+
+
+def test_a_checkpoint_older_than_a_setting_resumes_at_its_default_and_only_there(tmp_path, common, capsys):
+    """A checkpoint written before ``label_smoothing`` existed has no such key; resuming took that as a change."""
+    out = tmp_path / "older"
+    proc = start([*common, "-o", out])
+    wait_for_step(proc, directory_for(str(out)), 10)
+    proc.kill()
+    proc.wait()
+    for path in complete(directory_for(str(out))):
+        with open(os.path.join(path, PROGRESS_FILE), encoding="utf-8") as fh:
+            progress = json.load(fh)
+        del progress["fingerprint"]["label_smoothing"]
+        with open(os.path.join(path, PROGRESS_FILE), "w", encoding="utf-8") as fh:
+            json.dump(progress, fh)
+    assert run([*common, "--label-smoothing", "0.1", "-o", out, "--resume"]) == 2
+    assert "the checkpoint was made with different label_smoothing" in capsys.readouterr().err
+    assert run([*common, "-o", out, "--resume"]) == 0
+    assert (out / "model.safetensors").exists()
 
 
 def test_resume_without_checkpoints_is_refused(tmp_path, common, capsys):

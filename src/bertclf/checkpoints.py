@@ -160,12 +160,15 @@ def save(accelerator, directory: str, progress: dict, best: BestWeights, keep: i
     return final
 
 
-def load(accelerator, path: str, fingerprint: dict, best: BestWeights) -> dict:
-    """Restore accelerate's state and the best weights so far (into ``best``) from ``path``; return the progress record."""
+def load(accelerator, path: str, fingerprint: dict, best: BestWeights, defaults: dict | None = None) -> dict:
+    """Restore accelerate's state and the best weights so far (into ``best``) from ``path``; return the progress record.
+
+    A setting the checkpoint's fingerprint lacks was added to bertclf after it was written; it is taken at its
+    ``defaults`` value (a new setting's default keeps the old behaviour), so such checkpoints still resume."""
     with open(os.path.join(path, PROGRESS_FILE), encoding="utf-8") as fh:
         progress = json.load(fh)
-    changed = sorted(k for k in set(fingerprint) | set(progress["fingerprint"])
-                     if fingerprint.get(k) != progress["fingerprint"].get(k))
+    stored = {**{k: v for k, v in (defaults or {}).items() if k in fingerprint}, **progress["fingerprint"]}
+    changed = sorted(k for k in set(fingerprint) | set(stored) if fingerprint.get(k) != stored.get(k))
     if changed:
         raise BertclfError(
             f"{path}: the checkpoint was made with different {', '.join(changed)}; "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 
 import yaml
@@ -16,8 +15,7 @@ DATA_KEYS = {"text_column": "text", "label_column": "label", "label_sep": "|", "
 
 def known_keys() -> dict:
     """Every accepted key with its default value."""
-    defaults = {f.name: f.default for f in dataclasses.fields(TextClassifier)}
-    return {**defaults, **DATA_KEYS}
+    return {**TextClassifier.default_params(), **DATA_KEYS}
 
 
 def load_yaml(path: str) -> dict:

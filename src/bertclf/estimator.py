@@ -72,6 +72,11 @@ class TextClassifier:
     def get_params(self, deep: bool = True) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
+    @classmethod
+    def default_params(cls) -> dict:
+        """Each hyperparameter's default: what a setting newer than a config or checkpoint means there."""
+        return {f.name: f.default for f in dataclasses.fields(cls)}
+
     def set_params(self, **params) -> TextClassifier:
         for name, value in params.items():
             if name not in self.get_params():

@@ -210,7 +210,7 @@ def train(
     best = checkpoints.BestWeights()
     if checkpointing and checkpointing.resume_from:
         path = checkpoints.latest(checkpointing.resume_from)
-        progress = checkpoints.load(accelerator, path, fingerprint or {}, best)
+        progress = checkpoints.load(accelerator, path, fingerprint or {}, best, type(params).default_params())
         if show:
             print(f"resuming from {path} (epoch {progress['epoch']}, batch {progress['batches_done']})", file=sys.stderr)
 
