@@ -54,6 +54,14 @@ def wait_for_step(proc: subprocess.Popen, checkpoints: str, step: int, timeout: 
     pytest.fail(f"no checkpoint at step {step} within {timeout} s")
 
 
+def killed_at_step(argv: list, out, step: int) -> None:
+    """Train into ``out`` and SIGKILL the process once a checkpoint at ``step`` (or later) is complete."""
+    proc = start([*argv, "-o", out])
+    wait_for_step(proc, directory_for(str(out)), step)
+    proc.kill()
+    proc.wait()
+
+
 def record_without_timings(path) -> dict:
     record = json.load(open(path / "bertclf.json"))
     for row in record["history"]:
@@ -68,10 +76,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, common, pr
     assert run([*common, "-o", tmp_path / "straight"]) == 0
 
     killed = tmp_path / "killed"
-    proc = start([*common, "-o", killed])
-    wait_for_step(proc, directory_for(str(killed)), BATCHES_PER_EPOCH + 10)  # inside epoch 2
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    killed_at_step(common, killed, BATCHES_PER_EPOCH + 10)  # inside epoch 2
     assert not killed.exists(), "a killed run must not leave an artifact"
     assert run([*common, "-o", killed, "--resume"]) == 0
 
@@ -99,10 +104,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path, common):
 
 def test_resume_refuses_changed_settings(tmp_path, common, capsys):
     out = tmp_path / "changed"
-    proc = start([*common, "-o", out])
-    wait_for_step(proc, directory_for(str(out)), 10)
-    proc.kill()
-    proc.wait()
+    killed_at_step(common, out, 10)
     changed = [a if a != "1e-3" else "2e-3" for a in common]
     assert run([*changed, "-o", out, "--resume"]) == 2
     assert "the checkpoint was made with different lr" in capsys.readouterr().err
@@ -111,10 +113,7 @@ def test_resume_refuses_changed_settings(tmp_path, common, capsys):
 def test_a_checkpoint_older_than_a_setting_resumes_at_its_default_and_only_there(tmp_path, common, capsys):
     """A checkpoint written before ``label_smoothing`` existed has no such key; resuming took that as a change."""
     out = tmp_path / "older"
-    proc = start([*common, "-o", out])
-    wait_for_step(proc, directory_for(str(out)), 10)
-    proc.kill()
-    proc.wait()
+    killed_at_step(common, out, 10)
     for path in complete(directory_for(str(out))):
         with open(os.path.join(path, PROGRESS_FILE), encoding="utf-8") as fh:
             progress = json.load(fh)
