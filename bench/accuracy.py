@@ -16,7 +16,7 @@ its train file to fit the CPU budget, and the table says so.
     python bench/accuracy.py --reuse                           # go on after an interruption: finished runs are read back
     python bench/accuracy.py --quick --model DIR --output DIR  # smoke run: 200 rows (GoEmotions 1,000), 1 epoch
 Writes docs/benchmarks/accuracy.{json,md} after each variant (a variant run again replaces its rows); models, and each
-run's wall time and peak RSS (bench-run.json), stay in runs/accuracy/.
+run's wall time, peak RSS and CPU (bench-run.json; each row names its runs' CPUs), stay in runs/accuracy/.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pathlib import Path
 import pandas as pd
 
 from bertclf.artifact import atomic_write_text
-from common import DATASETS, DOCS, REPO, write_results
+from common import DATASETS, DOCS, REPO, cpu_name, write_results
 
 GNU_TIME = "/usr/bin/time"  # Debian package 'time'; without it peak RSS is not recorded
 
@@ -225,18 +225,19 @@ def sentences_file(source: Path, rows: int, seed: int, work: Path) -> str:
     return str(path)
 
 
-def run_once(command: list[str], reuse: bool = False) -> tuple[dict, float, float | None]:
-    """Run one `bertclf train`; its record, wall seconds and peak RSS (MiB, by GNU time where installed).
+def run_once(command: list[str], reuse: bool = False) -> tuple[dict, dict]:
+    """Run one `bertclf train`; its record, and the run's wall seconds, peak RSS (MiB, by GNU time where installed)
+    and CPU.
 
-    The seconds and RSS are kept beside the model (bench-run.json); with ``reuse`` a model whose bench-run.json
-    holds the same command is read back instead of trained again (an interrupted suite goes on where it stopped).
+    Those are kept beside the model (bench-run.json); with ``reuse`` a model whose bench-run.json holds the same
+    command is read back instead of trained again (an interrupted suite goes on where it stopped).
     """
     out = Path(command[command.index("--output") + 1])
     sidecar = out / "bench-run.json"
     run = json.loads(sidecar.read_text()) if reuse and sidecar.exists() else None
     if run and run["command"] == command:
         print("  reused the finished run in", out, file=sys.stderr, flush=True)
-        return json.loads((out / "bertclf.json").read_text()), run["seconds"], run["peak_rss_mb"]
+        return json.loads((out / "bertclf.json").read_text()), run
     timed = os.path.exists(GNU_TIME)
     started = time.perf_counter()
     proc = subprocess.run([GNU_TIME, "-f", "peak_rss_kb %M", *command] if timed else command, capture_output=True,
@@ -245,8 +246,9 @@ def run_once(command: list[str], reuse: bool = False) -> tuple[dict, float, floa
     if proc.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
     rss = int(proc.stderr.strip().splitlines()[-1].split()[-1]) / 1024 if timed else None
-    atomic_write_text(str(sidecar), json.dumps({"command": command, "seconds": seconds, "peak_rss_mb": rss}, indent=1) + "\n")
-    return json.loads((out / "bertclf.json").read_text()), seconds, rss
+    run = {"command": command, "seconds": seconds, "peak_rss_mb": rss, "cpu": cpu_name()}
+    atomic_write_text(str(sidecar), json.dumps(run, indent=1) + "\n")
+    return json.loads((out / "bertclf.json").read_text()), run
 
 
 def variants(name: str) -> list[str]:
@@ -322,10 +324,10 @@ def dataset_rows(name: str, variant: str, seeds: list[int], model: str | None, w
         command += [*overriding(overriding(spec.get("flags", []), flags), forced),
                     "--seed", str(seed), "--output", str(out), "--overwrite", "--quiet"]
         print(f"{name} {variant or 'defaults'} seed {seed} ...", file=sys.stderr, flush=True)
-        record, seconds, rss = run_once(command, reuse)
-        runs.append({"record": record, "seconds": seconds, "rss": rss})
+        record, run = run_once(command, reuse)
+        runs.append({"record": record, **run})
         print(f"  {json.dumps({k: round(v, 4) for k, v in record['metrics']['test'].items() if isinstance(v, float)})} "
-              f"{seconds:.0f} s", file=sys.stderr, flush=True)
+              f"{run['seconds']:.0f} s", file=sys.stderr, flush=True)
     shown = shown_command(command, seeds[-1], bool(spec.get("cv_folds")))
     first = runs[0]["record"]
     for split in spec["report"]:
@@ -351,7 +353,8 @@ def dataset_rows(name: str, variant: str, seeds: list[int], model: str | None, w
                     "wall_s": round(statistics.mean(r["seconds"] for r in runs)),
                     "samples_per_s": round(statistics.mean(r["record"]["training"]["samples_per_s"] for r in runs), 1),
                     "precision": "/".join(sorted({r["record"]["precision"] for r in runs})),
-                    "peak_rss_mb": round(max(r["rss"] for r in runs)) if all(r["rss"] for r in runs) else None,
+                    "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs)) if all(r["peak_rss_mb"] for r in runs) else None,
+                    "cpu": "; ".join(sorted({r.get("cpu") or "not recorded" for r in runs})),
                     "command": shown,
                 })
     return rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -74,13 +75,26 @@ def matmul_ceiling_gflops(dtype_name: str, n: int = 2048, repeats: int = 5, devi
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
+def cpu_name() -> str:
+    """The CPU's model name and its bf16/int8 matrix instructions: machines of one kind differ here (AMD EPYC or
+    Intel Xeon, with or without AVX512-BF16 or AMX), and with them a seed's bf16 arithmetic, so its score."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                platform.machine())
+    flags = sorted(set(info.split()) & {"avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8"})
+    return f"{name} ({', '.join(flags)})" if flags else name
+
+
 def hardware() -> str:
-    """What the numbers were measured on: the GPU's name where torch sees one, else the CPU core count."""
+    """What the numbers were measured on: the GPU's name where torch sees one, else the CPU and its core count."""
     import torch
 
     if torch.cuda.is_available():
         return f"one {torch.cuda.get_device_name()} GPU (torch {torch.__version__})"
-    return f"this machine's {os.cpu_count()} CPU cores"
+    return f"this machine's {os.cpu_count()} CPU cores: {cpu_name()}"
 
 
 def run_child(script: str, args: list[str]) -> dict:

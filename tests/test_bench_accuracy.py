@@ -24,7 +24,10 @@ TREC_WITHOUT_TEACHER = ",".join(["defaults", "class-weight none", "refit class-w
                                  "mpnet refit class-weight none"])
 
 
-def test_quick_accuracy_bench_writes_rows_per_dataset_and_keeps_others(tmp_path, tiny_model_dir):
+def test_quick_accuracy_bench_writes_rows_per_dataset_and_keeps_others(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    from common import cpu_name
+
     rows = run(tmp_path, tiny_model_dir, "trec", "1,2", "--variants", TREC_WITHOUT_TEACHER)["rows"]
     assert [(r["dataset"], r["variant"], r["split"], r["metric"]) for r in rows] == [
         ("trec", "defaults", "test", "accuracy"), ("trec", "class-weight none", "test", "accuracy"),
@@ -43,6 +46,7 @@ def test_quick_accuracy_bench_writes_rows_per_dataset_and_keeps_others(tmp_path,
     assert refit["train_rows"] == 200  # the held-out 40 rejoin training
     assert {"dataset", "split", "metric", "mean", "std", "seeds", "model", "command"} <= set(row)
     assert row["precision"] in {"fp32", "bf16"}  # what --precision auto chose here
+    assert row["cpu"] == cpu_name() and cpu_name()  # the machine, so a rerun elsewhere is told apart
     assert row["seeds"] == [1, 2] and len(row["values"]) == 2 and 0 <= row["mean"] <= 1 and row["rows"] == 500
     assert row["train_rows"] == 160  # the 200-row sample less the seeded 20% dev split
     assert "bertclf train" in row["command"] and "--seed S" in row["command"] and "trec/test.csv" in row["command"]
