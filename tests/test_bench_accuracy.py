@@ -190,3 +190,23 @@ def test_a_variant_with_a_transfer_set_passes_sentences_of_another_dataset_as_un
         assert list(sentences.columns) == ["text"] and len(sentences) == rows == sentences.text.nunique()
         words = sentences.text.str.split().str.len()
         assert words.between(4, 50).all() and not sentences.text.str.contains("<br").any()
+
+
+def test_targets_at_a_glance_set_each_target_beside_the_defaults_and_the_best_row_on_the_defaults_model(monkeypatch):
+    """The larger model's higher row must not stand in for the default model's, and a miss says by how much."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import accuracy
+
+    def row(variant: str, split: str, mean: float, model: str = "minilm", seeds: tuple = (42, 43, 44)) -> dict:
+        return {"dataset": "trec", "variant": variant, "split": split, "metric": "accuracy", "mean": mean, "std": 0.001,
+                "seeds": list(seeds), "target": 0.97, "model": model}
+
+    rows = [row("defaults", "test", 0.960), row("refit", "test", 0.966, seeds=(42, 43, 44, 45, 46)),
+            row("mpnet refit", "test", 0.976, model="mpnet"), row("other split", "dev", 0.990)]
+    glance = accuracy.targets_at_a_glance(rows)
+    lines = [line for line in glance if line.startswith("| trec")]
+    assert lines == ["| trec | test | accuracy | 0.970 | 0.9600 ± 0.0010 (3 seeds) | refit | 0.9660 ± 0.0010 (5 seeds) "
+                     "| **missed** by 0.40 point |"]
+    rows.append(row("refit distilled", "test", 0.971))
+    assert [line for line in accuracy.targets_at_a_glance(rows) if line.startswith("| trec")][0].endswith("| refit distilled | 0.9710 ± 0.0010 (3 seeds) | met |")
+    assert accuracy.targets_at_a_glance([row("refit", "test", 0.966)]) == []  # no defaults row: nothing to set it beside
