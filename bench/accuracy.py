@@ -360,6 +360,12 @@ def dataset_rows(name: str, variant: str, seeds: list[int], model: str | None, w
     return rows
 
 
+def target_status(row: dict, gap: bool = False) -> str:
+    """"met" where a row's mean reaches its target, else "**missed**" (and by how many points with ``gap``)."""
+    short = row["target"] - row["mean"]
+    return "met" if short <= 0 else "**missed**" + (f" by {short * 100:.2f} point" if gap else "")
+
+
 def targets_at_a_glance(rows: list[dict]) -> list[str]:
     """A table of each target beside its defaults row and the highest-scoring row on the defaults' model (variants on a
     larger model are left out: the targets are set for the default one), so a reader sees where each target stands
@@ -374,9 +380,8 @@ def targets_at_a_glance(rows: list[dict]) -> list[str]:
             continue
         best = max((r for r in same if r["model"] == defaults["model"]), key=lambda r: r["mean"])
         shown = [f"{r['mean']:.4f} ± {r['std']:.4f} ({len(r['seeds'])} seeds)" for r in (defaults, best)]
-        gap = best["mean"] - best["target"]
-        verdict = "met" if gap >= 0 else f"**missed** by {-gap * 100:.2f} point"
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {best['target']:.3f} | {shown[0]} | {best['variant']} | {shown[1]} | {verdict} |")
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {best['target']:.3f} | {shown[0]} | {best['variant']} | {shown[1]} | "
+                     f"{target_status(best, gap=True)} |")
     if not lines:
         return []
     return ["Targets at a glance: each target of issue 3 beside the defaults row and the highest mean among the rows on "
@@ -403,7 +408,7 @@ def markdown(rows: list[dict]) -> str:
              "| dataset | variant | split (rows) | metric | ours mean ± std | seeds | target | published | train rows | epochs (best) | precision | wall s | samples/s | peak RSS MiB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        target = "" if r["target"] is None else f"{r['target']:.3f} {'met' if r['mean'] >= r['target'] else '**missed**'}"
+        target = "" if r["target"] is None else f"{r['target']:.3f} {target_status(r)}"
         sample = f"{r['train_rows']} (sample of {r['train_sample']})" if r["train_sample"] else str(r["train_rows"])
         sample += f" + {r['unlabeled_rows']} unlabeled" if r.get("unlabeled_rows") else ""
         epochs = ", ".join(f"{e} ({b})" for e, b in zip(r["epochs"], r["best_epochs"]))
