@@ -106,6 +106,9 @@ SUITE: dict[str, dict] = {
                           "refit class-weight none metric accuracy": ["--refit", "--class-weight", "none", "--metric", "accuracy"],
                           # the targets' mass off certainty on 4,362 training questions (--label-smoothing, Szegedy et al. 2016)
                           "refit class-weight none label-smoothing 0.1": ["--refit", "--class-weight", "none", "--label-smoothing", "0.1"],
+                          # a moving average of the weights (--ema-decay 0.99: memory about 100 steps, 0.7 of the
+                          # selection run's 137-step epochs), scored on dev and kept in place of the last step's
+                          "refit class-weight none ema 0.99": ["--refit", "--class-weight", "none", "--ema-decay", "0.99"],
                           # the larger model (bash scripts/get_mpnet.sh), with the small model's best command
                           "mpnet refit class-weight none": ["--model", MPNET, "--refit", "--class-weight", "none"],
                           # MiniLM's best command, also matching that larger model's predictions (see TEACHERS)

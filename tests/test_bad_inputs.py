@@ -173,7 +173,7 @@ def test_unknown_config_key(train_cmd, capsys, tmp_path, write):
     config = write("c.yaml", "epochs: 2\nlearning_rate: 0.1\n")
     assert_refused(train_cmd(write("t.csv", GOOD), "--config", config), capsys, tmp_path,
                    "{tmp}/c.yaml: unknown key(s) ['learning_rate']; known keys: batch_size, batch_tokens, class_weight, compile, "
-                   "distill_temperature, distill_weight, drop_empty, epochs, grad_accum, label_column, label_sep, label_smoothing, layer_lr_decay, long_texts, lr, "
+                   "distill_temperature, distill_weight, drop_empty, ema_decay, epochs, grad_accum, label_column, label_sep, label_smoothing, layer_lr_decay, long_texts, lr, "
                    "max_grad_norm, max_length, metric, model, patience, precision, refit, seed, task, teacher, text_column, tune_thresholds, val_fraction, verbose, warmup_ratio, weight_decay")
 
 

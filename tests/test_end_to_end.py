@@ -18,7 +18,7 @@ from bertclf.data import imbalance, label_counts
 from bertclf.estimator import default_epochs, derived_class_weight
 from bertclf.metrics import THRESHOLD_GRID
 from bertclf.cli import main
-from bertclf.train import label_loss
+from bertclf.train import WeightAverage, label_loss
 
 from .conftest import FAST, dataset, subset
 
@@ -251,6 +251,47 @@ def test_label_smoothing_reaches_training_and_is_recorded(tiny_model_dir, tmp_pa
     assert not np.allclose(runs["0.3"], runs["0"], atol=1e-4)
     with pytest.raises(BertclfError, match="--label-smoothing 1.0 is out of range"):
         TextClassifier(model=tiny_model_dir, label_smoothing=1.0, **FAST).fit(["a", "b"], ["x", "y"])
+
+
+def test_weight_average_follows_the_ema_with_warm_up_and_swaps_back():
+    layer = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.fill_(0.0)
+    average, expected = WeightAverage(layer, decay=0.9), 0.0
+    for step, value in enumerate([1.0, 2.0, 4.0, 8.0], start=1):
+        with torch.no_grad():
+            layer.weight.fill_(value)
+        average.update()
+        decay = min(0.9, (1 + step) / (10 + step))  # 0.18, 0.25, 0.31, 0.36: the warm-up caps it early on
+        expected = decay * expected + (1 - decay) * value
+    assert torch.allclose(average.average[0], torch.full((1, 2), expected))
+    with average.swapped_in():
+        assert torch.allclose(layer.weight, torch.full((1, 2), expected))
+    assert torch.equal(layer.weight, torch.full((1, 2), 8.0)), "the model's own weights are back after scoring"
+    restored = WeightAverage(layer, decay=0.9)
+    restored.load_state_dict(average.state_dict())
+    assert restored.updates == 4 and torch.equal(restored.average[0], average.average[0])
+
+
+def test_ema_decay_is_what_dev_scores_and_what_the_artifact_keeps(tiny_model_dir, tmp_path, write):
+    data = subset("trec", "train", 144, seed=2)
+    train, dev = data.iloc[:96], data.iloc[96:]
+    probes = {}
+    for decay in (None, "0.9"):
+        out = tmp_path / f"ema-{decay}"
+        flags = ["--ema-decay", decay] if decay else []
+        assert main(["train", write("train.csv", train), "--dev", write("dev.csv", dev), "-o", str(out),
+                     "--model", tiny_model_dir, "--epochs", "3", "--lr", "1e-3", "--max-length", "32",
+                     "--patience", "0", "--metric", "accuracy", "--quiet", *flags]) == 0
+        clf = TextClassifier.load(str(out))
+        assert json.load(open(out / "bertclf.json"))["params"]["ema_decay"] == float(decay or 0)
+        # the saved model is the one dev chose: its dev accuracy is the best epoch's in the history
+        chosen = clf.history_[clf.best_epoch_ - 1]["dev"]["accuracy"]
+        assert clf.evaluate(dev.text.tolist(), dev.label.tolist())["accuracy"] == pytest.approx(chosen, abs=1e-9)
+        probes[decay] = clf.predict_proba(dev.text.tolist())
+    assert not np.allclose(probes[None], probes["0.9"], atol=1e-4)
+    with pytest.raises(BertclfError, match="--ema-decay 1.0 is out of range"):
+        TextClassifier(model=tiny_model_dir, ema_decay=1.0, **FAST).fit(["a", "b"], ["x", "y"])
 
 
 def test_auto_class_weight_balances_only_clearly_imbalanced_single_label_data():

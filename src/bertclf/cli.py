@@ -85,6 +85,8 @@ def _train_parser(sub) -> None:
         "warmup_ratio": (float, "share of steps with linear warmup, then linear decay"),
         "label_smoothing": (float, "share of each label's target spread evenly over the classes (multi-label: toward "
                                    "0.5), so the model is not pushed to certainty on the training texts; 0 = off"),
+        "ema_decay": (float, "keep an exponential moving average of the weights over the optimizer steps (memory about "
+                             "1 / (1 - this) steps, e.g. 0.99: 100); dev scores it and the model is it. 0 = off"),
         "distill_weight": (float, "with --teacher: share of the loss that matches the teacher, the rest fits the labels"),
         "distill_temperature": (float, "with --teacher: both models' logits are divided by this before they are "
                                        "compared (softer targets), the loss multiplied by its square"),

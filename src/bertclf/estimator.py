@@ -48,6 +48,8 @@ class TextClassifier:
     layer_lr_decay: float = 1.0  # rate of each encoder layer = the one above's x this (embeddings lowest); 1 = one rate
     warmup_ratio: float = 0.1
     label_smoothing: float = 0.0  # share of each label's target spread over the classes (multi-label: toward 0.5)
+    ema_decay: float = 0.0  # > 0: dev scores, and the model keeps, a moving average of the weights over the steps
+    # (memory about 1 / (1 - ema_decay) steps; see train.WeightAverage); 0 = the weights as the last step left them
     grad_accum: int = 1
     max_grad_norm: float = 1.0
     seed: int = 42
@@ -494,7 +496,7 @@ class TextClassifier:
             "batch_tokens": self.batch_tokens is None or self.batch_tokens >= 0, "lr": self.lr is None or self.lr > 0,
             "grad_accum": self.grad_accum >= 1, "max_length": self.max_length is None or self.max_length >= 8,
             "val_fraction": 0 <= self.val_fraction < 1, "warmup_ratio": 0 <= self.warmup_ratio < 1,
-            "label_smoothing": 0 <= self.label_smoothing < 1,
+            "label_smoothing": 0 <= self.label_smoothing < 1, "ema_decay": 0 <= self.ema_decay < 1,
             "weight_decay": self.weight_decay >= 0, "layer_lr_decay": 0 < self.layer_lr_decay <= 1,
             "distill_weight": 0 <= self.distill_weight <= 1, "distill_temperature": self.distill_temperature > 0,
             "patience": self.patience >= 0,
