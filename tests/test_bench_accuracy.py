@@ -193,7 +193,8 @@ def test_a_variant_with_a_transfer_set_passes_sentences_of_another_dataset_as_un
 
 
 def test_targets_at_a_glance_set_each_target_beside_the_defaults_and_the_best_row_on_the_defaults_model(monkeypatch):
-    """The larger model's higher row must not stand in for the default model's, and a miss says by how much."""
+    """The larger model's higher row must not stand in for the default model's, nor a one-seed trial for a mean over
+    seeds, and a miss says by how much."""
     monkeypatch.syspath_prepend(str(REPO / "bench"))
     import accuracy
 
@@ -202,7 +203,8 @@ def test_targets_at_a_glance_set_each_target_beside_the_defaults_and_the_best_ro
                 "seeds": list(seeds), "target": 0.97, "model": model}
 
     rows = [row("defaults", "test", 0.960), row("refit", "test", 0.966, seeds=(42, 43, 44, 45, 46)),
-            row("mpnet refit", "test", 0.976, model="mpnet"), row("other split", "dev", 0.990)]
+            row("mpnet refit", "test", 0.976, model="mpnet"), row("other split", "dev", 0.990),
+            row("one-seed trial", "test", 0.975, seeds=(42,)), row("two-seed trial", "test", 0.974, seeds=(42, 43))]
     glance = accuracy.targets_at_a_glance(rows)
     lines = [line for line in glance if line.startswith("| trec")]
     assert lines == ["| trec | test | accuracy | 0.970 | 0.9600 ± 0.0010 (3 seeds) | refit | 0.9660 ± 0.0010 (5 seeds) "
