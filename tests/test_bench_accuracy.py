@@ -66,7 +66,8 @@ def test_quick_accuracy_bench_writes_rows_per_dataset_and_keeps_others(tmp_path,
                      ("goemotions", "batch 16, thresholds 0.5", "macro_f1"), ("goemotions", "mpnet 2 epochs", "macro_f1"),
                      ("goemotions", "mpnet 2 epochs, thresholds 0.5", "macro_f1"), ("goemotions", "refit", "macro_f1"),
                      ("goemotions", "refit, thresholds 0.5", "macro_f1"), ("goemotions", "label-smoothing 0.1", "macro_f1"),
-                     ("goemotions", "label-smoothing 0.1, thresholds 0.5", "macro_f1")}
+                     ("goemotions", "label-smoothing 0.1, thresholds 0.5", "macro_f1"), ("goemotions", "ema 0.999", "macro_f1"),
+                     ("goemotions", "ema 0.999, thresholds 0.5", "macro_f1")}
     assert all(r["epochs"] == [1] for r in rows if r["dataset"] == "goemotions")  # --quick: 1 epoch in every variant
     refit = next(r for r in rows if r["variant"] == "refit")
     assert "--refit" in refit["command"] and refit["train_rows"] == 1000 + 5426  # the whole dev file rejoins the sample
