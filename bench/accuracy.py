@@ -101,6 +101,7 @@ SUITE: dict[str, dict] = {
                           # small-data settings tried against the 0.3 point the unweighted refit misses by
                           "refit class-weight none batch 16": ["--refit", "--class-weight", "none", "--batch-size", "16"],
                           "refit class-weight none lr 5e-5": ["--refit", "--class-weight", "none", "--lr", "5e-5"],
+                          "refit class-weight none lr 2e-4": ["--refit", "--class-weight", "none", "--lr", "2e-4"],
                           "refit class-weight none layer-lr-decay 0.8": ["--refit", "--class-weight", "none", "--layer-lr-decay", "0.8"],
                           # the epoch count picked on dev accuracy, the target's metric, instead of macro-F1 (the default)
                           "refit class-weight none metric accuracy": ["--refit", "--class-weight", "none", "--metric", "accuracy"],
