@@ -24,7 +24,8 @@ def tune_args(tmp_path, write, tiny_model_dir):
     dev = write("dev.csv", subset("sst2_sentences", "dev", 60, seed=7))
     test = write("test.csv", subset("sst2_sentences", "test", 60, seed=7))
     space = write("space.yaml", "epochs: {low: 1, high: 2}\nbatch-size: [8, 16]\nlr: {low: 1e-4, high: 3e-3, log: true}\n"
-                                "layer-lr-decay: {low: 0.5, high: 1.0}\nlabel-smoothing: {low: 0.0, high: 0.2}\n")
+                                "layer-lr-decay: {low: 0.5, high: 1.0}\nlabel-smoothing: {low: 0.0, high: 0.2}\n"
+                                "ema-decay: [0.0, 0.9]\n")
     config = write("base.yaml", "max-length: 48\nepochs: 2\nbatch-size: 16\nlr: 1e-3\n")
     return {"train": train, "dev": dev, "test": test, "space": space, "config": config, "model": tiny_model_dir,
             "out": str(tmp_path / "study")}
@@ -58,7 +59,7 @@ def test_three_trials_then_resume_to_four(tune_args, capsys):
     first = s.trials[0]
     assert first.user_attrs["defaults"]
     assert first.params == {"epochs": 2, "batch_size": 16, "lr": 1e-3, "warmup_ratio": 0.1, "weight_decay": 0.01,
-                            "layer_lr_decay": 1.0, "label_smoothing": 0.0}
+                            "layer_lr_decay": 1.0, "label_smoothing": 0.0, "ema_decay": 0.0}
     for name in ("best.yaml", "report.md", "report.png", "trials.csv", "model/bertclf.json", "model/config.json"):
         assert os.path.exists(os.path.join(a["out"], name)), name
     report = open(os.path.join(a["out"], "report.md")).read()
@@ -70,7 +71,7 @@ def test_three_trials_then_resume_to_four(tune_args, capsys):
     # The best YAML trains, with plain 'bertclf train', to the score the study reported.
     best = yaml.safe_load(open(os.path.join(a["out"], "best.yaml")))
     assert best["lr"] == s.best_params["lr"] and best["layer-lr-decay"] == s.best_params["layer_lr_decay"]
-    assert best["label-smoothing"] == s.best_params["label_smoothing"]
+    assert best["label-smoothing"] == s.best_params["label_smoothing"] and best["ema-decay"] == s.best_params["ema_decay"]
     assert best["max-length"] == 48
     out = os.path.join(a["out"], "..", "retrained")
     assert main(["train", a["train"], "--dev", a["dev"], "--config", os.path.join(a["out"], "best.yaml"), "-o", out,

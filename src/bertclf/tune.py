@@ -23,8 +23,8 @@ from .errors import BertclfError
 STUDY_FILE = "study.db"
 BEST_YAML = "best.yaml"
 MODEL_DIR = "model"
-TUNED = ("lr", "batch_size", "epochs", "warmup_ratio", "weight_decay", "layer_lr_decay", "label_smoothing", "max_length",
-         "class_weight")
+TUNED = ("lr", "batch_size", "epochs", "warmup_ratio", "weight_decay", "layer_lr_decay", "label_smoothing", "ema_decay",
+         "max_length", "class_weight")
 
 
 def default_space(defaults: dict, p99_tokens: int, imbalance: float, model_max: int, multilabel: bool) -> dict:
