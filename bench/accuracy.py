@@ -85,8 +85,8 @@ SUITE: dict[str, dict] = {
                           # sentences are twice the phrases' length: 54-56 minutes a run): is more unlabeled text worth
                           # more than a third pass? Less dev, more test on seeds 42-43
                           "distilled from phrase-trained mpnet + 60000 imdb sentences 2 epochs": ["--teacher", teacher("sst2-mpnet-seed42"), "--epochs", "2"]},
-             "variant_unlabeled": {"distilled from phrase-trained mpnet + 30000 imdb sentences": ("imdb", 30000),
-                                   "distilled from phrase-trained mpnet + 60000 imdb sentences 2 epochs": ("imdb", 60000)}},
+             "variant_unlabeled": {"distilled from phrase-trained mpnet + 30000 imdb sentences": {"from": ["imdb"], "rows": 30000},
+                                   "distilled from phrase-trained mpnet + 60000 imdb sentences 2 epochs": {"from": ["imdb"], "rows": 60000}}},
     # The Kim (2014) sentence-level split: 6,920 train sentences, same dev and test sentences as GLUE's. The distilled
     # variant trains MiniLM to match an all-mpnet-base-v2 teacher as well as the labels (see TEACHERS).
     "sst2_sentences": {"metrics": ["accuracy"], "report": ["dev", "test"], "anchor": "MiniLM-L6-H384 91.5 (issue 3), DistilBERT 91.3 (Sanh et al. 2019; GLUE dev, trained on 67k phrases)", "target": {"accuracy": 0.915},
@@ -114,7 +114,13 @@ SUITE: dict[str, dict] = {
                           "mpnet refit class-weight none": ["--model", MPNET, "--refit", "--class-weight", "none"],
                           # MiniLM's best command, also matching that larger model's predictions (see TEACHERS)
                           "refit class-weight none distilled from mpnet": ["--refit", "--class-weight", "none",
-                                                                           "--teacher", teacher("trec-mpnet-seed42")]}},
+                                                                           "--teacher", teacher("trec-mpnet-seed42")],
+                          # the same with questions from other datasets' train files that only the teacher labels
+                          # (--unlabeled): the transfer set beyond the labelled texts that lifted SST-2's distilled rows
+                          "refit class-weight none distilled from mpnet + 6000 questions": [
+                              "--refit", "--class-weight", "none", "--teacher", teacher("trec-mpnet-seed42")]},
+             "variant_unlabeled": {"refit class-weight none distilled from mpnet + 6000 questions":
+                                   {"from": ["banking77", "goemotions", "imdb"], "rows": 6000, "questions": True}}},
     "banking77": {"metrics": ["accuracy"], "report": ["test"], "anchor": "bert-base 93.1 (issue 3); BERT-tuned about 93.7 (Casanueva et al. 2020)", "target": {"accuracy": 0.93},
                   # the derived 8 epochs' dev accuracy was still rising at the last epoch in every refit run; the test
                   # file holds exactly 40 texts per intent, train 35 to 187: balanced weights train for the test's prior
@@ -216,16 +222,25 @@ def sample_file(source: Path, rows: int, seed: int, work: Path) -> str:
     return str(path)
 
 
-def sentences_file(source: Path, rows: int, seed: int, work: Path) -> str:
-    """A seeded sample of the distinct sentences of 4 to 50 words (SST-2 dev's 5th-95th percentiles are 6 and 34) in a
-    file's texts, as a text-only CSV (written once): an unlabeled transfer set. IMDB's reviews for SST-2: opinions of
-    films as SST's Rotten Tomatoes snippets are, none of them SST text."""
-    path = work / f"{source.parent.name}-{source.stem}-sentences-{rows}.csv"
+# a question as TREC's are: a wh-word (or "Name ...") first, a question mark last
+QUESTION = re.compile(r"^(what|which|who|whom|whose|where|when|why|how|name)\b.*\?$", re.IGNORECASE)
+
+
+def sentences_file(sources: list[str], rows: int, seed: int, work: Path, questions: bool = False) -> str:
+    """A seeded sample of the distinct sentences of 4 to 50 words (SST-2 dev's 5th-95th percentiles are 6 and 34) in
+    the texts of some datasets' train files, as a text-only CSV (written once): an unlabeled transfer set. IMDB's
+    reviews for SST-2: opinions of films as SST's Rotten Tomatoes snippets are, none of them SST text. With
+    ``questions``, only the sentences :data:`QUESTION` matches: TREC's kind of text, from datasets that are not TREC."""
+    path = work / f"{'+'.join(sources)}-train-{'questions' if questions else 'sentences'}-{rows}.csv"
     if not path.exists():
-        frame = pd.read_csv(source, dtype=str, keep_default_na=False)
         boundary = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
-        sentences = {s.strip() for text in frame[frame.columns[0]] for part in re.split(r"<br\s*/?>", text)
-                     for s in boundary.split(part) if 4 <= len(s.split()) <= 50}
+        sentences = set()
+        for source in sources:
+            frame = pd.read_csv(DATASETS / source / "train.csv", dtype=str, keep_default_na=False)
+            sentences |= {s.strip() for text in frame[frame.columns[0]] for part in re.split(r"<br\s*/?>", text)
+                          for s in boundary.split(part) if 4 <= len(s.split()) <= 50}
+        if questions:
+            sentences = {s for s in sentences if QUESTION.match(s)}
         work.mkdir(parents=True, exist_ok=True)
         sample = pd.DataFrame({"text": sorted(sentences)}).sample(min(rows, len(sentences)), random_state=seed)
         atomic_write_text(str(path), sample.to_csv(index=False))
@@ -325,8 +340,9 @@ def dataset_rows(name: str, variant: str, seeds: list[int], model: str | None, w
         if (folder / "dev.csv").exists():
             command += ["--dev", str(folder / "dev.csv")]
         if variant in spec.get("variant_unlabeled", {}):
-            source, count = spec["variant_unlabeled"][variant]
-            command += ["--unlabeled", sentences_file(DATASETS / source / "train.csv", 200 if quick else count, 0, work / "data")]
+            transfer = spec["variant_unlabeled"][variant]
+            command += ["--unlabeled", sentences_file(transfer["from"], 200 if quick else transfer["rows"], 0, work / "data",
+                                                      transfer.get("questions", False))]
         out = work / f"{name}{'-' + variant.replace(' ', '-') if variant else ''}-seed{seed}"
         command += [*overriding(overriding(spec.get("flags", []), flags), forced),
                     "--seed", str(seed), "--output", str(out), "--overwrite", "--quiet"]

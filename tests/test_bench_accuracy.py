@@ -8,7 +8,7 @@ import sys
 
 import pandas as pd
 
-from .conftest import REPO
+from .conftest import DATASETS, REPO
 
 
 def run(tmp_path, tiny_model_dir, datasets: str, seeds: str, *flags: str) -> dict:
@@ -17,7 +17,7 @@ def run(tmp_path, tiny_model_dir, datasets: str, seeds: str, *flags: str) -> dic
     return {**json.loads((tmp_path / "accuracy.json").read_text()), "log": proc.stderr}
 
 
-# TREC's variants but the distilled one, whose teacher (bench/accuracy.py TEACHERS) a fresh clone does not hold
+# TREC's variants but the distilled ones, whose teacher (bench/accuracy.py TEACHERS) a fresh clone does not hold
 TREC_WITHOUT_TEACHER = ",".join(["defaults", "class-weight none", "refit class-weight balanced", "refit class-weight none",
                                  "refit class-weight none batch 16", "refit class-weight none lr 5e-5",
                                  "refit class-weight none layer-lr-decay 0.8", "refit class-weight none metric accuracy",
@@ -191,6 +191,20 @@ def test_a_variant_with_a_transfer_set_passes_sentences_of_another_dataset_as_un
         assert list(sentences.columns) == ["text"] and len(sentences) == rows == sentences.text.nunique()
         words = sentences.text.str.split().str.len()
         assert words.between(4, 50).all() and not sentences.text.str.contains("<br").any()
+
+
+def test_trecs_transfer_set_holds_questions_of_other_datasets_and_no_trec_text(monkeypatch, tmp_path):
+    """TREC's "+ 6000 questions" variant: wh-questions from Banking77's, GoEmotions' and IMDB's train files (their
+    sentences that start with a question word and end with "?"), none of them a TREC question, train or test."""
+    variant = "refit class-weight none distilled from mpnet + 6000 questions"
+    command = first_command(monkeypatch, "trec", variant, tmp_path)
+    path = command[command.index("--unlabeled") + 1]
+    assert path == str(tmp_path / "data" / "banking77+goemotions+imdb-train-questions-6000.csv") and "--teacher" in command
+    questions = pd.read_csv(path, keep_default_na=False).text
+    assert len(questions) == 6000 == questions.nunique() and questions.str.endswith("?").all()
+    assert questions.str.match(r"(?i)(what|which|who|whom|whose|where|when|why|how|name)\b").all()
+    trec = pd.concat([pd.read_csv(DATASETS / "trec" / f"{part}.csv", keep_default_na=False).text for part in ("train", "test")])
+    assert not set(questions) & set(trec)
 
 
 def test_targets_at_a_glance_set_each_target_beside_the_defaults_and_the_best_row_on_the_defaults_model(monkeypatch):
