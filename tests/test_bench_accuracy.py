@@ -67,10 +67,13 @@ def test_quick_accuracy_bench_writes_rows_per_dataset_and_keeps_others(tmp_path,
                      ("goemotions", "mpnet 2 epochs, thresholds 0.5", "macro_f1"), ("goemotions", "refit", "macro_f1"),
                      ("goemotions", "refit, thresholds 0.5", "macro_f1"), ("goemotions", "label-smoothing 0.1", "macro_f1"),
                      ("goemotions", "label-smoothing 0.1, thresholds 0.5", "macro_f1"), ("goemotions", "ema 0.999", "macro_f1"),
-                     ("goemotions", "ema 0.999, thresholds 0.5", "macro_f1")}
+                     ("goemotions", "ema 0.999, thresholds 0.5", "macro_f1"), ("goemotions", "refit ema 0.999", "macro_f1"),
+                     ("goemotions", "refit ema 0.999, thresholds 0.5", "macro_f1")}
     assert all(r["epochs"] == [1] for r in rows if r["dataset"] == "goemotions")  # --quick: 1 epoch in every variant
     refit = next(r for r in rows if r["variant"] == "refit")
     assert "--refit" in refit["command"] and refit["train_rows"] == 1000 + 5426  # the whole dev file rejoins the sample
+    refit_ema = next(r for r in rows if r["variant"] == "refit ema 0.999")
+    assert "--refit --ema-decay 0.999" in refit_ema["command"] and refit_ema["train_rows"] == 1000 + 5426
     markdown = (tmp_path / "accuracy.md").read_text()
     assert "| trec | defaults | test (500) | accuracy |" in markdown and "| goemotions | thresholds 0.5 |" in markdown
 
