@@ -190,6 +190,8 @@ def test_a_variant_with_a_transfer_set_passes_sentences_of_another_dataset_as_un
         command = first_command(monkeypatch, "sst2", "distilled from phrase-trained mpnet + 30000 imdb sentences", tmp_path, quick)
         path = command[command.index("--unlabeled") + 1]
         assert path == str(tmp_path / "data" / f"imdb-train-sentences-{rows}.csv") and "--teacher" in command
+        averaged = first_command(monkeypatch, "sst2", "distilled from phrase-trained mpnet + 30000 imdb sentences ema 0.999", tmp_path, quick)
+        assert averaged[averaged.index("--unlabeled") + 1] == path and "--ema-decay 0.999" in " ".join(averaged)
         sentences = pd.read_csv(path, keep_default_na=False)
         assert list(sentences.columns) == ["text"] and len(sentences) == rows == sentences.text.nunique()
         words = sentences.text.str.split().str.len()
