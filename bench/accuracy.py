@@ -444,15 +444,15 @@ def markdown(rows: list[dict]) -> str:
              "Published: issue 3's anchor, and beside it the number ../shared/datasets/README.md gives with its source (that "
              "README marks each as checked against the source or recalled). `python bench/accuracy.py` alone runs the suite, "
              "every dataset's defaults row (`--variants all` adds the others).", "", *targets_at_a_glance(rows),
-             "| dataset | variant | split (rows) | metric | ours mean ± std | seeds | target | published | train rows | epochs (best) | precision | wall s | samples/s | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| dataset | variant | split (rows) | metric | ours mean ± std | seeds | target | published | model | train rows | epochs (best) | precision | wall s | samples/s | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         target = "" if r["target"] is None else f"{r['target']:.3f} {target_status(r)}"
         sample = f"{r['train_rows']} (sample of {r['train_sample']})" if r["train_sample"] else str(r["train_rows"])
         sample += f" + {r['unlabeled_rows']} unlabeled" if r.get("unlabeled_rows") else ""
         epochs = ", ".join(f"{e} ({b})" for e, b in zip(r["epochs"], r["best_epochs"]))
         lines.append(f"| {r['dataset']} | {r['variant']} | {r['split']} ({r['rows']}) | {r['metric']} | {r['mean']:.4f} ± {r['std']:.4f} | "
-                     f"{','.join(map(str, r['seeds']))} | {target} | {r['reference']} | {sample} | {epochs} | "
+                     f"{','.join(map(str, r['seeds']))} | {target} | {r['reference']} | {Path(r['model']).name} | {sample} | {epochs} | "
                      f"{r.get('precision', 'not recorded')} | {r['wall_s']} | "
                      f"{r['samples_per_s']} | {r['peak_rss_mb'] or 'n/a'} |")
     notes = sorted({f"- {r['dataset']}: {r['note']}" for r in rows if r.get("note")})  # kept until the rows are rerun

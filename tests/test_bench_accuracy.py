@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 
@@ -76,6 +77,8 @@ def test_quick_accuracy_bench_writes_rows_per_dataset_and_keeps_others(tmp_path,
     assert "--refit --ema-decay 0.999" in refit_ema["command"] and refit_ema["train_rows"] == 1000 + 5426
     markdown = (tmp_path / "accuracy.md").read_text()
     assert "| trec | defaults | test (500) | accuracy |" in markdown and "| goemotions | thresholds 0.5 |" in markdown
+    trec_line = next(line for line in markdown.splitlines() if line.startswith("| trec | defaults |"))
+    assert f"| {Path(tiny_model_dir).name} | 160 (sample of 200) |" in trec_line  # the model column: the directory's name
 
 
 def test_one_variant_runs_alone_and_finished_runs_are_reused(tmp_path, tiny_model_dir):
