@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
-from .conftest import DATASETS, REPO
+from .conftest import DATASETS, REPO, subset
 
 
 def run(tmp_path, tiny_model_dir, datasets: str, seeds: str, *flags: str) -> dict:
@@ -235,3 +236,26 @@ def test_targets_at_a_glance_set_each_target_beside_the_defaults_and_the_best_ro
     rows.append(row("refit distilled", "test", 0.971))
     assert [line for line in accuracy.targets_at_a_glance(rows) if line.startswith("| trec")][0].endswith("| refit distilled | 0.9710 ± 0.0010 (3 seeds) | 3 | met |")
     assert accuracy.targets_at_a_glance([row("refit", "test", 0.966)]) == []  # no defaults row: nothing to set it beside
+
+
+def test_a_cross_fitted_teacher_scores_each_text_by_the_fold_model_that_did_not_learn_it(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import crossfit_teacher
+
+    train = subset("trec", "train", 60)  # 10 questions per label
+    train.to_csv(tmp_path / "train.csv", index=False)
+    out = tmp_path / "teacher.csv"
+    crossfit_teacher.main([str(tmp_path / "train.csv"), "--folds", "2", "--output", str(out), "--",
+                           "--model", tiny_model_dir, "--epochs", "1", "--max-length", "32"])
+    joined = pd.read_csv(out, keep_default_na=False)
+    assert sorted(joined.text) == sorted(train.text)
+    assert sorted(c for c in joined.columns if c.startswith("prob_")) == sorted(f"prob_{label}" for label in set(train.label))
+    for k in (0, 1):
+        learned = pd.read_csv(tmp_path / "teacher" / f"fold{k}-train.csv", keep_default_na=False)
+        scored = pd.read_csv(tmp_path / "teacher" / f"fold{k}-predictions.csv", keep_default_na=False)
+        assert set(learned.label) == set(train.label) and not set(learned.text) & set(scored.text)
+        assert len(learned) + len(scored) == len(train)
+    with pytest.raises(SystemExit, match=r"fold [01]'s teacher would not see the labels \['ABBR'\]"):
+        train[(train.label != "ABBR") | ~train.index.isin(train[train.label == "ABBR"].index[1:])].to_csv(tmp_path / "rare.csv", index=False)
+        crossfit_teacher.main([str(tmp_path / "rare.csv"), "--folds", "2", "--output", str(tmp_path / "rare-teacher.csv"), "--",
+                               "--model", tiny_model_dir, "--epochs", "1"])

@@ -160,3 +160,32 @@ def test_cli_trains_on_unlabeled_texts_and_warns_where_they_hold_test_texts(sst_
     assert record["data"]["unlabeled"]["rows"] == 43 and record["data"]["unlabeled"]["path"] == unlabeled
     assert main(["train", train, "-o", str(tmp_path / "no-teacher"), "--model", tiny_model_dir, "--unlabeled", unlabeled]) == 2
     assert "unlabeled texts learn only from a teacher's predictions" in capsys.readouterr().err
+
+
+def test_a_teacher_predictions_file_teaches_as_the_teacher_itself(sst_binary, tiny_model_dir, tmp_path, write):
+    """What `bertclf predict` writes is a teacher: its log-probabilities differ from the teacher's logits by one
+    constant per text, which the softened comparison ignores, so the student is the one the model directory trains."""
+    _, teacher_dir, _ = sst_binary
+    train = subset("sst2_sentences", "train", 48, seed=14)
+    texts, labels = train.text.tolist(), train.label.tolist()
+    probe = subset("sst2_sentences", "test", 20, seed=14).text.tolist()
+    scored = tmp_path / "teacher-predictions.csv"
+    assert main(["predict", teacher_dir, write("texts.csv", train[["text"]]), "-o", str(scored), "--backend", "torch"]) == 0
+    params = dict(distill_weight=1.0, precision="fp32")
+    from_dir = _fit(tiny_model_dir, texts, labels, teacher=teacher_dir, **params)
+    from_file = _fit(tiny_model_dir, texts, labels, teacher=str(scored), **params)
+    assert np.allclose(from_file.predict_proba(probe), from_dir.predict_proba(probe), atol=1e-4)
+    assert from_file.training_["teacher"] == str(scored)
+    # A text listed twice takes the mean of its rows; a text not listed, another label set or a bad number is refused.
+    frame = pd.read_csv(scored, keep_default_na=False)
+    twice = pd.concat([frame, frame.head(1).assign(prob_negative=0.5, prob_positive=0.5)])
+    halves = frame.head(1).assign(prob_negative=(frame.prob_negative[0] + 0.5) / 2, prob_positive=(frame.prob_positive[0] + 0.5) / 2)
+    averaged = [_fit(tiny_model_dir, texts, labels, teacher=write(name, table), **params).predict_proba(probe)
+                for name, table in (("twice.csv", twice), ("halves.csv", pd.concat([halves, frame.iloc[1:]])))]
+    assert np.allclose(averaged[0], averaged[1], atol=1e-4)
+    with pytest.raises(BertclfError, match=r"no prediction for 1 of the 48 train texts \(first: .*\); score every training text"):
+        _fit(tiny_model_dir, texts, labels, teacher=write("short.csv", frame.iloc[1:]), **params)
+    with pytest.raises(BertclfError, match=r"the teacher's columns \['prob_negative'\] do not match .*one prob_<class> column per class"):
+        _fit(tiny_model_dir, texts, labels, teacher=write("one.csv", frame.drop(columns="prob_positive")), **params)
+    with pytest.raises(BertclfError, match=r"row 3 \(the header is row 1\): a probability is missing or outside 0..1"):
+        _fit(tiny_model_dir, texts, labels, teacher=write("bad.csv", frame.assign(prob_positive=[0.5, 1.5, *[0.5] * 46])), **params)

@@ -120,10 +120,12 @@ def _train_parser(sub) -> None:
                         "dev for that many epochs (about twice the time; the model learns from every labelled text, "
                         "most useful where the dev set is held out of a small training file). Dev metrics and "
                         "thresholds stay those of the selection run")
-    p.add_argument("--teacher", metavar="DIR",
+    p.add_argument("--teacher", metavar="DIR|FILE",
                    help="knowledge distillation: a model directory from 'bertclf train' on the same labels (e.g. a larger, "
                         "slower model); this model also learns to match its predictions on the training texts. The "
-                        "teacher scores them once (kept in the cache for the next run)")
+                        "teacher scores them once (kept in the cache for the next run). Or a file of its predictions "
+                        "on every training text, as 'bertclf predict' writes it (text, prob_<class> columns): scored "
+                        "on another machine, or cross-fitted by bench/crossfit_teacher.py")
     p.add_argument("--unlabeled", metavar="FILE",
                    help="with --teacher: more texts of the same kind without labels (a file with the text column; "
                         "other columns are not read) that learn from the teacher's predictions alone, in every epoch "

@@ -16,12 +16,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 
 from . import artifact, backends
 from .batching import Encoded, cached_path, default_batch_tokens, encode, read_arrays, store_arrays
 from .checkpoints import Checkpointing
-from .data import check_classes, check_known_labels, content_sha256, imbalance, infer_task, label_counts
+from .data import (check_classes, check_known_labels, content_sha256, imbalance, infer_task, label_counts,
+                   read_table)
 from .errors import BertclfError
 from .metrics import check_metric, compute, headline, tune_thresholds
 from .modeling import (DEFAULT_MODEL, cheap_dropout, device_type, init_label_priors, is_main_process, load_classifier,
@@ -63,7 +65,8 @@ class TextClassifier:
     tune_thresholds: bool = True  # multi-label with a dev set: per-label thresholds that maximise dev F1 (else 0.5)
     refit: bool = False  # after dev picks the best epoch, train again from the pretrained weights on train + dev
     teacher: str | None = None  # a bertclf model directory (same classes) whose predictions the model also learns
-    # from: knowledge distillation, e.g. from a larger, slower model into the small one you will serve
+    # from: knowledge distillation, e.g. from a larger, slower model into the small one you will serve; or a file of
+    # such predictions as `bertclf predict` writes them (text and prob_<class> columns), scored elsewhere
     distill_weight: float = 0.5  # share of the loss that matches the teacher (the rest fits the labels)
     distill_temperature: float = 2.0  # softens both models' outputs before they are compared (Hinton et al. 2015)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
@@ -225,6 +228,8 @@ class TextClassifier:
         Scoring every training text with a large teacher takes minutes on a CPU, so the logits are kept in the
         cache (see :func:`batching.cache_dir`) under the teacher's record and the texts: a second student of the
         same teacher (another seed, a refit) reads them back."""
+        if os.path.isfile(self.teacher):
+            return self._predicted_logits(parts)
         record = artifact.read_record(self.teacher)
         multilabel = self.task_ == "multilabel"
         if (record["task"] == "multilabel") != multilabel or set(record["classes"]) != set(self.classes_):
@@ -247,6 +252,41 @@ class TextClassifier:
                 logits = loaded._logits(texts)[:, order]
                 store_arrays(path, logits=logits)
             out[part] = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))
+        return out
+
+    def _predicted_logits(self, parts: dict[str, list[str] | None]) -> dict[str, torch.Tensor]:
+        """The teacher's logits from a predictions file (``text`` and a ``prob_<class>`` column per class, as
+        `bertclf predict` writes), for a teacher scored elsewhere: on a GPU, by another tool, or cross-fitted, each
+        text by a teacher that did not learn it (bench/crossfit_teacher.py). Probabilities become logits (log p;
+        multi-label, log-odds), which the softened comparison reads as the teacher's own; a text listed twice takes
+        the mean of its rows' probabilities."""
+        table = read_table(self.teacher)
+        if "text" not in table.frame.columns:
+            raise BertclfError(f"{self.teacher}: no 'text' column; a teacher's predictions file is what bertclf predict "
+                               "writes from a file whose text column is 'text'")
+        columns = [c for c in table.frame.columns if str(c).startswith("prob_")]
+        if sorted(c[len("prob_"):] for c in columns) != sorted(self.classes_):
+            raise BertclfError(f"{self.teacher}: the teacher's columns {columns} do not match the training data's "
+                               f"classes {self.classes_}; write one prob_<class> column per class with bertclf predict")
+        probs = table.frame[["text", *(f"prob_{name}" for name in self.classes_)]]
+        numbers = probs.iloc[:, 1:].apply(pd.to_numeric, errors="coerce")
+        bad = [i for i, ok in enumerate(((numbers >= 0) & (numbers <= 1)).all(axis=1)) if not ok]
+        if bad:
+            raise BertclfError(f"{table.where(bad)}: a probability is missing or outside 0..1; rescore with bertclf predict")
+        by_text = numbers.groupby(probs["text"].astype(str)).mean()
+        clipped = np.clip(by_text.to_numpy(dtype=np.float64), 1e-7, 1 - 1e-7)
+        logits = np.log(clipped / (1 - clipped)) if self.task_ == "multilabel" else np.log(clipped)
+        row_of = {text: i for i, text in enumerate(by_text.index)}
+        out = {}
+        for part, texts in parts.items():
+            if not texts:
+                continue
+            missing = [t for t in texts if t not in row_of]
+            if missing:
+                raise BertclfError(f"{self.teacher}: no prediction for {len(missing)} of the {len(texts)} {part} texts "
+                                   f"(first: {missing[0][:80]!r}); score every training text with bertclf predict")
+            chosen = logits[[row_of[t] for t in texts]]
+            out[part] = torch.from_numpy(np.ascontiguousarray(chosen, dtype=np.float32))
         return out
 
     def _refit(self, source: str, texts: list[str], labels: list, unlabeled: list[str],
