@@ -176,6 +176,13 @@ def test_a_teacher_predictions_file_teaches_as_the_teacher_itself(sst_binary, ti
     from_file = _fit(tiny_model_dir, texts, labels, teacher=str(scored), **params)
     assert np.allclose(from_file.predict_proba(probe), from_dir.predict_proba(probe), atol=1e-4)
     assert from_file.training_["teacher"] == str(scored)
+    # Scored in shards (on two machines, say) and joined by merge-predictions: the same teacher.
+    shards = [str(tmp_path / f"shard{i}.jsonl") for i in range(2)]
+    for i, shard in enumerate(shards):
+        assert main(["predict", teacher_dir, str(tmp_path / "texts.csv"), "-o", shard, "--backend", "torch", "--shard", f"{i}/2"]) == 0
+    assert main(["merge-predictions", *shards, "--output", str(tmp_path / "merged.csv")]) == 0
+    from_shards = _fit(tiny_model_dir, texts, labels, teacher=str(tmp_path / "merged.csv"), **params)
+    assert np.allclose(from_shards.predict_proba(probe), from_file.predict_proba(probe), atol=1e-6)
     # A text listed twice takes the mean of its rows; a text not listed, another label set or a bad number is refused.
     frame = pd.read_csv(scored, keep_default_na=False)
     twice = pd.concat([frame, frame.head(1).assign(prob_negative=0.5, prob_positive=0.5)])
