@@ -60,6 +60,10 @@ TEACHERS: dict[str, str] = {
     "trec-mpnet-crossfit2.csv": "python bench/crossfit_teacher.py ../shared/datasets/trec/train.csv --folds 2 "
                                 "--output runs/teachers/trec-mpnet-crossfit2.csv -- --model models/all-mpnet-base-v2 "
                                 "--epochs 5 --class-weight none --seed 42",
+    # the same with another fold split and teacher seed: how much the row above owes to its one teacher
+    "trec-mpnet-crossfit2-seed43.csv": "python bench/crossfit_teacher.py ../shared/datasets/trec/train.csv --folds 2 "
+                                       "--split-seed 43 --output runs/teachers/trec-mpnet-crossfit2-seed43.csv -- "
+                                       "--model models/all-mpnet-base-v2 --epochs 5 --class-weight none --seed 43",
 }
 
 
@@ -128,6 +132,9 @@ SUITE: dict[str, dict] = {
                           # (2026-12-07: 0.9708 on seeds 42-46 against the full teacher's 0.9660 and no teacher's 0.9668)
                           "refit class-weight none distilled from cross-fitted mpnet": [
                               "--refit", "--class-weight", "none", "--teacher", teacher("trec-mpnet-crossfit2.csv")],
+                          # the same from a second such teacher (other folds, other seed): is the gain the one teacher's?
+                          "refit class-weight none distilled from second cross-fitted mpnet": [
+                              "--refit", "--class-weight", "none", "--teacher", teacher("trec-mpnet-crossfit2-seed43.csv")],
                           # the same with questions from other datasets' train files that only the teacher labels
                           # (--unlabeled): the transfer set beyond the labelled texts that lifted SST-2's distilled rows.
                           # Lower on every seed (2026-12-07): the teacher calls 66% of them DESC, TREC's train 21%

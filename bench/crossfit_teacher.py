@@ -60,8 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("train_file", type=Path)
     parser.add_argument("--folds", type=int, default=2)
     parser.add_argument("--output", type=Path, required=True, help="the joined predictions file (.csv)")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the fold split (the teachers' own is --seed after --)")
     args = parser.parse_args(ours)
-    joined = crossfit(args.train_file, args.folds, args.output, train_flags)
+    joined = crossfit(args.train_file, args.folds, args.output, train_flags, args.split_seed)
     atomic_write_text(args.output, joined.to_csv(index=False))
     print(f"wrote {args.output}: {len(joined)} texts, each scored by the teacher that did not learn it")
 

@@ -196,3 +196,27 @@ def test_a_teacher_predictions_file_teaches_as_the_teacher_itself(sst_binary, ti
         _fit(tiny_model_dir, texts, labels, teacher=write("one.csv", frame.drop(columns="prob_positive")), **params)
     with pytest.raises(BertclfError, match=r"row 3 \(the header is row 1\): a probability is missing or outside 0..1"):
         _fit(tiny_model_dir, texts, labels, teacher=write("bad.csv", frame.assign(prob_positive=[0.5, 1.5, *[0.5] * 46])), **params)
+
+
+def test_a_multilabel_teacher_predictions_file_teaches_as_the_teacher_itself(tiny_model_dir, tmp_path, write):
+    """Multi-label, `bertclf predict` writes each label's sigmoid; their log-odds are the teacher's logits again, so
+    the student trained from the file is the one the model directory trains."""
+    train = subset("goemotions", "train", 120, seed=3, label_column="labels")
+    texts, labels = train.text.tolist(), train["labels"].str.split("|").tolist()
+    probe = subset("goemotions", "test", 20, seed=3, label_column="labels").text.tolist()
+    teacher = TextClassifier(model=tiny_model_dir, **{**FAST, "epochs": 1}, precision="fp32").fit(texts, labels)
+    teacher_dir = str(tmp_path / "teacher")
+    teacher.save(teacher_dir)
+    scored = tmp_path / "teacher-predictions.csv"
+    assert main(["predict", teacher_dir, write("texts.csv", train[["text"]]), "-o", str(scored), "--backend", "torch"]) == 0
+    probabilities = pd.read_csv(scored, keep_default_na=False)[[f"prob_{name}" for name in teacher.classes_]]
+    assert np.allclose(probabilities.to_numpy(), teacher.predict_proba(texts), atol=1e-6)
+    params = dict(distill_weight=1.0, precision="fp32")
+    from_dir = _fit(tiny_model_dir, texts, labels, teacher=teacher_dir, **params)
+    from_file = _fit(tiny_model_dir, texts, labels, teacher=str(scored), **params)
+    assert from_file.task_ == "multilabel"
+    assert np.allclose(from_file.predict_proba(probe), from_dir.predict_proba(probe), atol=1e-4)
+    # The file's numbers are what teach: the same probabilities normalised to sum to 1 train another student.
+    normalised = probabilities.div(probabilities.sum(axis=1), axis=0)
+    other = _fit(tiny_model_dir, texts, labels, teacher=write("normalised.csv", normalised.assign(text=train.text.to_numpy())), **params)
+    assert not np.allclose(other.predict_proba(probe), from_dir.predict_proba(probe), atol=1e-3)
