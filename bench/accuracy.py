@@ -64,6 +64,10 @@ TEACHERS: dict[str, str] = {
     "trec-mpnet-crossfit2-seed43.csv": "python bench/crossfit_teacher.py ../shared/datasets/trec/train.csv --folds 2 "
                                        "--split-seed 43 --output runs/teachers/trec-mpnet-crossfit2-seed43.csv -- "
                                        "--model models/all-mpnet-base-v2 --epochs 5 --class-weight none --seed 43",
+    # both of them: each question listed twice, once by each teacher that did not learn it; --teacher FILE takes the
+    # mean of a text's rows, so this is the two teachers' average probabilities
+    "trec-mpnet-crossfit2-both.csv": "(cat runs/teachers/trec-mpnet-crossfit2.csv; tail -n +2 runs/teachers/trec-mpnet-crossfit2-seed43.csv) "
+                                     "> runs/teachers/trec-mpnet-crossfit2-both.csv",
 }
 
 
@@ -135,6 +139,9 @@ SUITE: dict[str, dict] = {
                           # the same from a second such teacher (other folds, other seed): is the gain the one teacher's?
                           "refit class-weight none distilled from second cross-fitted mpnet": [
                               "--refit", "--class-weight", "none", "--teacher", teacher("trec-mpnet-crossfit2-seed43.csv")],
+                          # the two cross-fitted teachers averaged
+                          "refit class-weight none distilled from both cross-fitted mpnets": [
+                              "--refit", "--class-weight", "none", "--teacher", teacher("trec-mpnet-crossfit2-both.csv")],
                           # the same with questions from other datasets' train files that only the teacher labels
                           # (--unlabeled): the transfer set beyond the labelled texts that lifted SST-2's distilled rows.
                           # Lower on every seed (2026-12-07): the teacher calls 66% of them DESC, TREC's train 21%
