@@ -14,6 +14,7 @@ its train file to fit the CPU budget, and the table says so.
     python bench/accuracy.py --datasets rotten_tomatoes        # any folder of ../shared/datasets with train.csv, test.csv
     python bench/accuracy.py --datasets mr --seeds 40,41,42,43,44,45,46,47,48,49   # one all.csv: 10-fold CV, a fold per seed
     python bench/accuracy.py --reuse                           # go on after an interruption: finished runs are read back
+    python bench/accuracy.py --datasets trec --seeds 45,46 --add-seeds   # more seeds for rows already in the table
     python bench/accuracy.py --quick --model DIR --output DIR  # smoke run: 200 rows (GoEmotions 1,000), 1 epoch
 Writes docs/benchmarks/accuracy.{json,md} after each variant (a variant run again replaces its rows); models, and each
 run's wall time, peak RSS and CPU (bench-run.json; each row names its runs' CPUs), stay in runs/accuracy/.
@@ -414,6 +415,36 @@ def dataset_rows(name: str, variant: str, seeds: list[int], model: str | None, w
     return rows
 
 
+def with_earlier_seeds(rows: list[dict], earlier: list[dict]) -> list[dict]:
+    """``rows`` of new seeds joined to the same variant's ``earlier`` rows: a row grows by a seed without its earlier
+    seeds' models, which stay on the machine that trained them (runs/ is not in git).
+
+    Seeds, values and per-seed epochs are joined and mean ± std taken over all of them (from the table's four-place
+    values); wall time and samples/s are the mean over all runs, peak RSS the highest, precision and CPU both rows'.
+    The earlier rows' note stays. The command must be the earlier rows' own, else the seeds did not run the same thing.
+    """
+    joined = []
+    for row in rows:
+        old = next((r for r in earlier if (r["variant"], r["split"], r["metric"]) == (row["variant"], row["split"], row["metric"])), None)
+        where = f"{row['dataset']} '{row['variant']}' {row['split']} {row['metric']}"
+        if old is None:
+            raise ValueError(f"{where}: no earlier row to add seeds to; run without --add-seeds")
+        if old["command"] != row["command"]:
+            raise ValueError(f"{where}: the earlier seeds ran `{old['command']}`, these `{row['command']}`; "
+                             "run every seed again without --add-seeds")
+        values, before, after = old["values"] + row["values"], len(old["values"]), len(row["values"])
+        joined.append({**row, "seeds": old["seeds"] + row["seeds"], "values": values,
+                       "mean": round(statistics.mean(values), 4), "std": round(statistics.stdev(values), 4),
+                       "epochs": old["epochs"] + row["epochs"], "best_epochs": old["best_epochs"] + row["best_epochs"],
+                       "wall_s": round((old["wall_s"] * before + row["wall_s"] * after) / (before + after)),
+                       "samples_per_s": round((old["samples_per_s"] * before + row["samples_per_s"] * after) / (before + after), 1),
+                       "peak_rss_mb": max(old["peak_rss_mb"], row["peak_rss_mb"]) if old["peak_rss_mb"] and row["peak_rss_mb"] else None,
+                       "precision": "/".join(sorted({*old["precision"].split("/"), *row["precision"].split("/")})),
+                       "cpu": "; ".join(sorted({*old["cpu"].split("; "), *row["cpu"].split("; ")})),
+                       **({"note": old["note"]} if old.get("note") else {})})
+    return joined
+
+
 def target_status(row: dict, gap: bool = False) -> str:
     """"met" where a row's mean reaches its target, else "**missed**" (and by how many points with ``gap``)."""
     short = row["target"] - row["mean"]
@@ -506,6 +537,9 @@ def main() -> None:
                              "variant (the mpnet and distilled ones need the larger model and its teachers first)")
     parser.add_argument("--reuse", action="store_true",
                         help="read back runs already finished with the same command (bench-run.json) instead of training again")
+    parser.add_argument("--add-seeds", action="store_true",
+                        help="add --seeds to each variant's rows already in the table instead of replacing them (the "
+                             "earlier seeds' models need not be on this machine)")
     args = parser.parse_args()
     names = args.datasets.split(",")
     for name in names:
@@ -529,10 +563,26 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     docs = Path(args.output) if args.output else DOCS
     work = Path(args.output) / "runs" if args.output else REPO / "runs" / "accuracy"
+    earlier = docs / "accuracy.json"  # other datasets' and variants' rows from earlier runs stay
+
+    def table() -> list[dict]:
+        return json.loads(earlier.read_text())["rows"] if earlier.exists() else []
+
+    for name, variant in plan if args.add_seeds else []:  # refused before any run, not after hours of them
+        had = {seed for r in table() if (r["dataset"], variant_of(r)) == (name, variant) for seed in r["seeds"]}
+        if not had:
+            parser.error(f"--add-seeds: {earlier} has no {name} '{variant or 'defaults'}' rows to add seeds to")
+        if had & set(seeds):
+            parser.error(f"--add-seeds: {name} '{variant or 'defaults'}' already has seeds {sorted(had & set(seeds))}; "
+                         "leave them out, or run without --add-seeds to replace the rows")
     for name, variant in plan:  # the table is rewritten after each variant: a long suite keeps what it finished
         rows = dataset_rows(name, variant, seeds, args.model, work, args.quick, args.reuse)
-        earlier = docs / "accuracy.json"  # other datasets' and variants' rows from earlier runs stay
-        kept = [r for r in json.loads(earlier.read_text())["rows"] if (r["dataset"], variant_of(r)) != (name, variant)] if earlier.exists() else []
+        mine = [r for r in table() if (r["dataset"], variant_of(r)) == (name, variant)]
+        try:
+            rows = with_earlier_seeds(rows, mine) if args.add_seeds else rows
+        except ValueError as error:
+            sys.exit(f"accuracy.py: {error} (the new seeds' runs stay in {work}; --reuse reads them back)")
+        kept = [r for r in table() if (r["dataset"], variant_of(r)) != (name, variant)]
         every = sorted(kept + rows, key=lambda r: (suite_order(r["dataset"]), variants(r["dataset"]).index(variant_of(r))))
         write_results("accuracy", {"rows": every}, markdown(every), docs)
 

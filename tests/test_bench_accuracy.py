@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -262,3 +263,28 @@ def test_a_cross_fitted_teacher_scores_each_text_by_the_fold_model_that_did_not_
         crossfit_teacher.main([str(tmp_path / "rare.csv"), "--folds", "2", "--output", str(tmp_path / "rare-teacher.csv"), "--",
                                "--model", tiny_model_dir, "--epochs", "1"])
     assert not list((tmp_path / "rare-teacher").glob("fold*"))  # refused before any fold was written or trained
+
+
+def test_seeds_added_to_a_row_join_its_earlier_seeds_without_their_models(tmp_path, tiny_model_dir):
+    together = run(tmp_path / "together", tiny_model_dir, "trec", "1,2")["rows"][0]
+    first = run(tmp_path / "apart", tiny_model_dir, "trec", "1")["rows"][0]
+    table = tmp_path / "apart" / "accuracy.json"
+    rows = json.loads(table.read_text())["rows"]
+    rows[0]["note"] = "seed 1 ran on another machine"
+    table.write_text(json.dumps({"rows": rows}))
+    shutil.rmtree(tmp_path / "apart" / "runs" / "trec-seed1")  # the earlier seed's model is not on this machine
+
+    added = run(tmp_path / "apart", tiny_model_dir, "trec", "2", "--add-seeds")["rows"][0]
+    assert added["seeds"] == [1, 2] and added["values"] == together["values"]
+    assert (added["mean"], added["std"]) == (together["mean"], together["std"])
+    assert added["epochs"] == together["epochs"] and added["best_epochs"] == together["best_epochs"]
+    assert added["note"] == "seed 1 ran on another machine" and added["command"] == first["command"]
+    assert first["peak_rss_mb"] is None or added["peak_rss_mb"] >= first["peak_rss_mb"]  # the higher of the two seeds'
+
+    again = subprocess.run([sys.executable, str(REPO / "bench" / "accuracy.py"), "--quick", "--datasets", "trec", "--seeds", "2,3",
+                            "--model", tiny_model_dir, "--output", str(tmp_path / "apart"), "--add-seeds"], capture_output=True, text=True)
+    assert again.returncode != 0 and "already has seeds [2]" in again.stderr and "trec defaults seed" not in again.stderr  # before any run
+    nothing = subprocess.run([sys.executable, str(REPO / "bench" / "accuracy.py"), "--quick", "--datasets", "emotion", "--seeds", "3",
+                              "--model", tiny_model_dir, "--output", str(tmp_path / "apart"), "--add-seeds"], capture_output=True, text=True)
+    assert nothing.returncode != 0 and "no emotion 'defaults' rows to add seeds to" in nothing.stderr
+    assert json.loads(table.read_text())["rows"] == [added]  # the refused runs left the table as it was
