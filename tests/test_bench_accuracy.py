@@ -288,3 +288,19 @@ def test_seeds_added_to_a_row_join_its_earlier_seeds_without_their_models(tmp_pa
                               "--model", tiny_model_dir, "--output", str(tmp_path / "apart"), "--add-seeds"], capture_output=True, text=True)
     assert nothing.returncode != 0 and "no emotion 'defaults' rows to add seeds to" in nothing.stderr
     assert json.loads(table.read_text())["rows"] == [added]  # the refused runs left the table as it was
+
+
+def test_seeds_that_ran_another_command_are_not_added_to_a_row(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    from accuracy import with_earlier_seeds
+
+    earlier = {"dataset": "trec", "variant": "defaults", "split": "test", "metric": "accuracy", "seeds": [1], "values": [0.9],
+               "epochs": [3], "best_epochs": [2], "wall_s": 100, "samples_per_s": 10.0, "peak_rss_mb": 900, "precision": "fp32",
+               "cpu": "AMD EPYC", "command": "python -m bertclf train trec/train.csv --seed S"}
+    new = {**earlier, "seeds": [2], "values": [0.8], "wall_s": 200, "samples_per_s": 20.0, "peak_rss_mb": 800, "precision": "bf16",
+           "cpu": "Intel Xeon"}
+    joined = with_earlier_seeds([new], [earlier])[0]
+    assert (joined["mean"], joined["wall_s"], joined["samples_per_s"], joined["peak_rss_mb"]) == (0.85, 150, 15.0, 900)
+    assert (joined["precision"], joined["cpu"]) == ("bf16/fp32", "AMD EPYC; Intel Xeon")
+    with pytest.raises(ValueError, match="the earlier seeds ran"):
+        with_earlier_seeds([{**new, "command": new["command"] + " --lr 3e-5"}], [earlier])
