@@ -578,12 +578,12 @@ def main() -> None:
                          "leave them out, or run without --add-seeds to replace the rows")
     for name, variant in plan:  # the table is rewritten after each variant: a long suite keeps what it finished
         rows = dataset_rows(name, variant, seeds, args.model, work, args.quick, args.reuse)
-        mine = [r for r in table() if (r["dataset"], variant_of(r)) == (name, variant)]
+        table_now = table()
+        kept = [r for r in table_now if (r["dataset"], variant_of(r)) != (name, variant)]
         try:
-            rows = with_earlier_seeds(rows, mine) if args.add_seeds else rows
+            rows = with_earlier_seeds(rows, [r for r in table_now if r not in kept]) if args.add_seeds else rows
         except ValueError as error:
             sys.exit(f"accuracy.py: {error} (the new seeds' runs stay in {work}; --reuse reads them back)")
-        kept = [r for r in table() if (r["dataset"], variant_of(r)) != (name, variant)]
         every = sorted(kept + rows, key=lambda r: (suite_order(r["dataset"]), variants(r["dataset"]).index(variant_of(r))))
         write_results("accuracy", {"rows": every}, markdown(every), docs)
 
