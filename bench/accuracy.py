@@ -77,6 +77,14 @@ def teacher(name: str) -> str:
     return str(TEACHERS_DIR / name)
 
 
+def teacher_commands(name: str) -> list[str]:
+    """The commands that make a missing teacher, in order: first those of the teachers its command reads that are not
+    on this machine either (the joined TREC file needs both cross-fitted ones), then its own."""
+    read = [other for other in re.findall(r"runs/teachers/([^\s;)>]+)", TEACHERS[name]) if other != name]
+    before = [command for other in read if not (TEACHERS_DIR / other).exists() for command in teacher_commands(other)]
+    return before + [TEACHERS[name]]
+
+
 # Published anchors: issue 3's, and beside them the source ../shared/datasets/README.md gives for that dataset (its
 # reference table says which numbers were checked against the source and which are recalled); targets are issue 3's.
 SUITE: dict[str, dict] = {
@@ -559,8 +567,11 @@ def main() -> None:
     for name, variant in plan:
         flags = variant_flags(name)[variant]
         if "--teacher" in flags and not Path(folder := flags[flags.index("--teacher") + 1]).exists():
-            parser.error(f"{folder} is missing: {name} '{variant}' distils from it; train it first with "
-                         f"{TEACHERS[Path(folder).name]}, or leave the variant out with --variants")
+            commands = teacher_commands(Path(folder).name)
+            if not Path(MPNET).exists() and any("models/all-mpnet-base-v2" in command for command in commands):
+                commands.insert(0, "bash scripts/get_mpnet.sh")
+            parser.error(f"{folder} is missing: {name} '{variant}' distils from it; make it first with "
+                         f"{' && '.join(commands)}, or leave the variant out with --variants")
     seeds = [int(s) for s in args.seeds.split(",")]
     docs = Path(args.output) if args.output else DOCS
     work = Path(args.output) / "runs" if args.output else REPO / "runs" / "accuracy"

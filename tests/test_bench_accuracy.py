@@ -151,6 +151,35 @@ def test_every_teacher_a_variant_distils_from_has_the_command_that_trains_it(mon
                for name, command in accuracy.TEACHERS.items())
 
 
+
+def test_a_missing_joined_teacher_is_made_after_the_teachers_it_joins(monkeypatch, tmp_path, capsys):
+    """TREC's averaged teacher joins two cross-fitted teachers' files: on a fresh clone the bench must say to make
+    those first (and the larger model before them), not only the command that joins them, which would fail."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import accuracy
+
+    monkeypatch.setattr(accuracy, "TEACHERS_DIR", tmp_path)
+    both, first, second = "trec-mpnet-crossfit2-both.csv", "trec-mpnet-crossfit2.csv", "trec-mpnet-crossfit2-seed43.csv"
+    assert accuracy.teacher_commands(both) == [accuracy.TEACHERS[first], accuracy.TEACHERS[second], accuracy.TEACHERS[both]]
+    (tmp_path / first).write_text("text,label\n")
+    assert accuracy.teacher_commands(both) == [accuracy.TEACHERS[second], accuracy.TEACHERS[both]]
+    assert all(accuracy.teacher_commands(name) == [accuracy.TEACHERS[name]] for name in accuracy.TEACHERS if name != both)
+
+    variant = "refit class-weight none distilled from both cross-fitted mpnets"
+    flags = accuracy.variant_flags("trec")[variant]
+    flags = [*flags[:flags.index("--teacher") + 1], str(tmp_path / both), *flags[flags.index("--teacher") + 2:]]
+    monkeypatch.setattr(accuracy, "variant_flags", lambda name: {variant: flags})
+    monkeypatch.setattr(accuracy, "MPNET", str(tmp_path / "no-mpnet"))
+    monkeypatch.setattr(accuracy, "run_once", lambda *args, **kwargs: pytest.fail("trained before saying what is missing"))
+    monkeypatch.setattr(sys, "argv", ["accuracy.py", "--datasets", "trec", "--variants", variant, "--output", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as stopped:
+        accuracy.main()
+    assert stopped.value.code != 0
+    said = capsys.readouterr().err
+    assert (f"make it first with bash scripts/get_mpnet.sh && {accuracy.TEACHERS[second]} && {accuracy.TEACHERS[both]}, "
+            "or leave the variant out") in said
+    assert not (tmp_path / "out").exists()
+
 def first_command(monkeypatch, dataset: str, variant: str, work, quick: bool = False) -> list[str]:
     """The `bertclf train` command bench/accuracy.py would run first for a variant (nothing is trained)."""
     monkeypatch.syspath_prepend(str(REPO / "bench"))
