@@ -568,7 +568,7 @@ def main() -> None:
         flags = variant_flags(name)[variant]
         if "--teacher" in flags and not Path(folder := flags[flags.index("--teacher") + 1]).exists():
             commands = teacher_commands(Path(folder).name)
-            if not Path(MPNET).exists() and any("models/all-mpnet-base-v2" in command for command in commands):
+            if not Path(MPNET).exists() and any(Path(MPNET).name in command for command in commands):
                 commands.insert(0, "bash scripts/get_mpnet.sh")
             parser.error(f"{folder} is missing: {name} '{variant}' distils from it; make it first with "
                          f"{' && '.join(commands)}, or leave the variant out with --variants")

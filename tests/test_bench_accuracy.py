@@ -151,7 +151,6 @@ def test_every_teacher_a_variant_distils_from_has_the_command_that_trains_it(mon
                for name, command in accuracy.TEACHERS.items())
 
 
-
 def test_a_missing_joined_teacher_is_made_after_the_teachers_it_joins(monkeypatch, tmp_path, capsys):
     """TREC's averaged teacher joins two cross-fitted teachers' files: on a fresh clone the bench must say to make
     those first (and the larger model before them), not only the command that joins them, which would fail."""
@@ -169,7 +168,7 @@ def test_a_missing_joined_teacher_is_made_after_the_teachers_it_joins(monkeypatc
     flags = accuracy.variant_flags("trec")[variant]
     flags = [*flags[:flags.index("--teacher") + 1], str(tmp_path / both), *flags[flags.index("--teacher") + 2:]]
     monkeypatch.setattr(accuracy, "variant_flags", lambda name: {variant: flags})
-    monkeypatch.setattr(accuracy, "MPNET", str(tmp_path / "no-mpnet"))
+    monkeypatch.setattr(accuracy, "MPNET", str(tmp_path / "models" / "all-mpnet-base-v2"))  # not there
     monkeypatch.setattr(accuracy, "run_once", lambda *args, **kwargs: pytest.fail("trained before saying what is missing"))
     monkeypatch.setattr(sys, "argv", ["accuracy.py", "--datasets", "trec", "--variants", variant, "--output", str(tmp_path / "out")])
     with pytest.raises(SystemExit) as stopped:
@@ -179,6 +178,7 @@ def test_a_missing_joined_teacher_is_made_after_the_teachers_it_joins(monkeypatc
     assert (f"make it first with bash scripts/get_mpnet.sh && {accuracy.TEACHERS[second]} && {accuracy.TEACHERS[both]}, "
             "or leave the variant out") in said
     assert not (tmp_path / "out").exists()
+
 
 def first_command(monkeypatch, dataset: str, variant: str, work, quick: bool = False) -> list[str]:
     """The `bertclf train` command bench/accuracy.py would run first for a variant (nothing is trained)."""
