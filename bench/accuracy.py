@@ -429,7 +429,8 @@ def with_earlier_seeds(rows: list[dict], earlier: list[dict]) -> list[dict]:
     seeds' models, which stay on the machine that trained them (runs/ is not in git).
 
     Seeds, values and per-seed epochs are joined and mean ± std taken over all of them (from the table's four-place
-    values); wall time and samples/s are the mean over all runs, peak RSS the highest, precision and CPU both rows'.
+    values); wall time and samples/s are the mean over all runs, peak RSS the highest, precision and CPU both rows'
+    ("not recorded" where the earlier row has none, as the table's older rows do).
     The earlier rows' note stays. The command must be the earlier rows' own, else the seeds did not run the same thing.
     """
     joined = []
@@ -448,8 +449,8 @@ def with_earlier_seeds(rows: list[dict], earlier: list[dict]) -> list[dict]:
                        "wall_s": round((old["wall_s"] * before + row["wall_s"] * after) / (before + after)),
                        "samples_per_s": round((old["samples_per_s"] * before + row["samples_per_s"] * after) / (before + after), 1),
                        "peak_rss_mb": max(old["peak_rss_mb"], row["peak_rss_mb"]) if old["peak_rss_mb"] and row["peak_rss_mb"] else None,
-                       "precision": "/".join(sorted({*old["precision"].split("/"), *row["precision"].split("/")})),
-                       "cpu": "; ".join(sorted({*old["cpu"].split("; "), *row["cpu"].split("; ")})),
+                       "precision": "/".join(sorted({*old.get("precision", "not recorded").split("/"), *row["precision"].split("/")})),
+                       "cpu": "; ".join(sorted({*old.get("cpu", "not recorded").split("; "), *row["cpu"].split("; ")})),
                        **({"note": old["note"]} if old.get("note") else {})})
     return joined
 

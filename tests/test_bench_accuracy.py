@@ -331,5 +331,8 @@ def test_seeds_that_ran_another_command_are_not_added_to_a_row(monkeypatch):
     joined = with_earlier_seeds([new], [earlier])[0]
     assert (joined["mean"], joined["wall_s"], joined["samples_per_s"], joined["peak_rss_mb"]) == (0.85, 150, 15.0, 900)
     assert (joined["precision"], joined["cpu"]) == ("bf16/fp32", "AMD EPYC; Intel Xeon")
+    unrecorded = {k: v for k, v in earlier.items() if k not in ("precision", "cpu")}  # as most of the table's older rows
+    joined = with_earlier_seeds([new], [unrecorded])[0]
+    assert (joined["precision"], joined["cpu"]) == ("bf16/not recorded", "Intel Xeon; not recorded")
     with pytest.raises(ValueError, match="the earlier seeds ran"):
         with_earlier_seeds([{**new, "command": new["command"] + " --lr 3e-5"}], [earlier])
