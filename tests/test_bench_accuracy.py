@@ -180,6 +180,28 @@ def test_a_missing_joined_teacher_is_made_after_the_teachers_it_joins(monkeypatc
     assert not (tmp_path / "out").exists()
 
 
+def test_a_missing_start_model_is_named_with_the_command_that_makes_it(monkeypatch, tmp_path, capsys):
+    """IMDB's "from sst2 minilm" variant fine-tunes an SST-2 model of runs/teachers (--model) instead of the default
+    one: without it the bench stops before training and says how to make it, as for a missing teacher."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import accuracy
+
+    variant, start = "head-tail 12000 reviews 1 epoch from sst2 minilm", "sst2-minilm-ema-seed43"
+    flags = accuracy.variant_flags("imdb")[variant]
+    assert flags[flags.index("--model") + 1] == accuracy.teacher(start)
+    assert accuracy.teacher_commands(start) == [accuracy.TEACHERS[start]]  # its own teacher: checked when it runs
+    flags = [*flags[:flags.index("--model") + 1], str(tmp_path / start), *flags[flags.index("--model") + 2:]]
+    monkeypatch.setattr(accuracy, "variant_flags", lambda name: {variant: flags})
+    monkeypatch.setattr(accuracy, "run_once", lambda *args, **kwargs: pytest.fail("trained before saying what is missing"))
+    monkeypatch.setattr(sys, "argv", ["accuracy.py", "--datasets", "imdb", "--variants", variant, "--output", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as stopped:
+        accuracy.main()
+    assert stopped.value.code != 0
+    said = capsys.readouterr().err
+    assert f"imdb '{variant}' starts from it; make it first with {accuracy.TEACHERS[start]}, or leave" in said
+    assert not (tmp_path / "out").exists()
+
+
 def first_command(monkeypatch, dataset: str, variant: str, work, quick: bool = False) -> list[str]:
     """The `bertclf train` command bench/accuracy.py would run first for a variant (nothing is trained)."""
     monkeypatch.syspath_prepend(str(REPO / "bench"))
