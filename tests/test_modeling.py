@@ -1,12 +1,15 @@
 """The model stage's CPU training helpers: the cheap dropout mask must behave as nn.Dropout does, and the attention
-that uses it must compute what transformers' eager attention computes."""
+that uses it must compute what transformers' eager attention computes; a saved classifier fine-tuned again keeps its
+head only for the same labels."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bertclf.modeling import CHEAP_EAGER_ATTENTION, CheapDropout, cheap_dropout, device_type, training_attention
+from bertclf.modeling import CHEAP_EAGER_ATTENTION, CheapDropout, cheap_dropout, device_type, load_classifier, training_attention
+
+from .conftest import FAST, subset
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -203,3 +206,40 @@ def test_layer_lr_decay_gives_each_block_its_rate_and_one_step_moves_it_that_muc
     for name in ("bert.embeddings.word_embeddings.weight", "bert.encoder.layer.0.attention.self.query.weight",
                  "bert.encoder.layer.1.output.dense.weight", "classifier.weight"):
         assert moved[name] == pytest.approx(1e-3 * factors[name], rel=0.05), name
+
+
+def test_a_saved_classifier_starts_from_its_head_only_for_the_same_labels(sst_binary):
+    """Fine-tuning a saved bertclf model again (IMDB from an SST-2 model) keeps its head where the labels are the
+    same; for other labels the head is a new, seeded one, of any size: a 3-class task from a 2-class model used to
+    stop with transformers' size-mismatch RuntimeError, and a 2-class one started on the old labels' weights."""
+    from safetensors.torch import load_file
+
+    _, path, _ = sst_binary
+    saved = load_file(f"{path}/model.safetensors")["classifier.weight"]
+    assert torch.equal(load_classifier(path, ["negative", "positive"])[1].classifier.weight, saved)
+    torch.manual_seed(0)
+    other = load_classifier(path, ["bad", "good"])[1]
+    torch.manual_seed(0)
+    again = load_classifier(path, ["bad", "good"])[1]
+    assert not torch.equal(other.classifier.weight, saved)
+    assert torch.equal(other.classifier.weight, again.classifier.weight)
+    assert other.config.id2label == {0: "bad", 1: "good"}
+    three = load_classifier(path, ["a", "b", "c"])[1]
+    assert three.classifier.weight.shape == (3, saved.shape[1])
+    encoder = "bert.encoder.layer.0.attention.self.query.weight"
+    assert torch.equal(three.state_dict()[encoder], load_file(f"{path}/model.safetensors")[encoder])
+
+
+def test_a_saved_binary_classifier_fine_tunes_on_six_classes(sst_binary, capsys):
+    """End to end through the estimator: a TREC subset (6 classes) from the SST-2 model, which says nothing of its
+    head, where the same labels say the head is kept."""
+    from bertclf import TextClassifier
+
+    _, path, dev = sst_binary
+    trec = subset("trec", "train", 60)
+    clf = TextClassifier(model=path, **{**FAST, "epochs": 1, "verbose": True}, precision="fp32")
+    clf.fit(trec.text.tolist(), trec.label.tolist())
+    assert sorted(clf.classes_) == sorted(trec.label.unique()) and len(clf.classes_) == 6
+    assert "starting from its classification head" not in capsys.readouterr().err
+    TextClassifier(model=path, **{**FAST, "epochs": 1, "verbose": True}, precision="fp32").fit(dev.text.tolist(), dev.label.tolist())
+    assert "starting from its classification head, which has these labels" in capsys.readouterr().err

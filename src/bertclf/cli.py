@@ -64,7 +64,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="model directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file with any of these options (dashes or underscores)")
-    p.add_argument("--model", help="HF model id or local directory (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--model", help="HF model id or local directory, a saved bertclf model too: its head is kept where "
+                                   "its labels are these (default: the packaged all-MiniLM-L6-v2)")
     _add_data_flags(p)
     p.add_argument("--task", choices=TASKS,
                    help=f"auto: lists or --label-sep in labels → multilabel, 2 classes → binary (default: {defaults['task']})")

@@ -26,8 +26,8 @@ from .data import (check_classes, check_known_labels, content_sha256, imbalance,
                    read_table)
 from .errors import BertclfError
 from .metrics import check_metric, compute, headline, tune_thresholds
-from .modeling import (DEFAULT_MODEL, cheap_dropout, device_type, init_label_priors, is_main_process, load_classifier,
-                       load_tokenizer, process_state, resident_embedding_grad, resolve_max_length, resolve_model,
+from .modeling import (DEFAULT_MODEL, cheap_dropout, device_type, head_of, init_label_priors, is_main_process, keeps_head,
+                       load_classifier, load_tokenizer, process_state, resident_embedding_grad, resolve_max_length, resolve_model,
                        resolve_precision, training_attention)
 from .predict import decide, probabilities
 
@@ -309,7 +309,8 @@ class TextClassifier:
                    dev_labels: list | None, epochs: int | None, *, teacher_logits: torch.Tensor | None = None,
                    unlabeled_rows: int = 0, checkpointing: Checkpointing | None = None,
                    on_epoch: Callable[[dict], None] | None = None, fingerprint: dict | None = None) -> tuple:
-        """One training run from the pretrained weights and a freshly seeded head: the loop of :mod:`train`
+        """One training run from the pretrained weights and a freshly seeded head (the model's own where it is a
+        classifier of these labels, see :func:`keeps_head`): the loop of :mod:`train`
         with this estimator's settings, keeping the best epoch on ``dev_encoded`` (the last without one).
         The last ``unlabeled_rows`` texts of ``train_encoded`` have no label (``train_labels`` covers the others).
         Returns the loop's result and the run's settings and speed, as the artifact records them."""
@@ -320,12 +321,14 @@ class TextClassifier:
         multilabel = self.task_ == "multilabel"
         set_seed(self.seed)  # before the head is created, so its initial weights are reproducible
         model = load_classifier(source, self.classes_, multilabel)[1]
+        kept_head = keeps_head(head_of(source), self.classes_, multilabel)
         self.lr_ = self.lr or default_lr(model.config)
         self._say(f"model {self.model or DEFAULT_MODEL}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
                   f"task {self.task_}, {len(self.classes_)} classes, lr {self.lr_:g}, {len(train_labels)} train / "
-                  f"{len(dev_labels) if dev_labels else 0} dev texts" + (f" / {unlabeled_rows} unlabeled" if unlabeled_rows else ""))
+                  f"{len(dev_labels) if dev_labels else 0} dev texts" + (f" / {unlabeled_rows} unlabeled" if unlabeled_rows else "")
+                  + ("; starting from its classification head, which has these labels" if kept_head else ""))
         train_targets = self._targets(train_labels)
-        if multilabel and not init_label_priors(model, train_targets):
+        if multilabel and not kept_head and not init_label_priors(model, train_targets):
             self._say("could not find the model's output layer: its label biases start at zero, not at the label "
                       "frequencies (multi-label training may learn slowly)")
         labelled = None

@@ -95,28 +95,60 @@ def resolve_max_length(requested: int | None, tokenizer, source: str) -> int:
     return requested or limit
 
 
+def problem_type(multilabel: bool) -> str:
+    return "multi_label_classification" if multilabel else "single_label_classification"
+
+
+def head_of(source: str) -> tuple[list[str], str | None] | None:
+    """The labels (in output order) and task of the classification head that ``source`` holds, or None for an encoder
+    without one (a pretrained model such as the default)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source)
+    if not any(name.endswith("ForSequenceClassification") for name in config.architectures or []):
+        return None
+    return [config.id2label.get(i) for i in range(config.num_labels)], config.problem_type
+
+
+def keeps_head(head: tuple[list[str], str | None] | None, classes: Sequence[str], multilabel: bool) -> bool:
+    """Whether fine-tuning starts from the source's own classification head (see :func:`head_of`): only where it has
+    the same labels in the same order, for the same task (starting IMDB from an SST-2 model's negative/positive head,
+    docs/benchmarks/accuracy.md). A head of other labels would start the new labels on the old ones' weights."""
+    return head is not None and head[0] == list(classes) and head[1] in (None, problem_type(multilabel))
+
+
 def load_classifier(source: str, classes: Sequence[str] | None = None, multilabel: bool = False):
-    """Tokenizer and sequence-classification model; with ``classes``, a new head with real label names."""
+    """Tokenizer and sequence-classification model; with ``classes``, a head with real label names: the source's own
+    where :func:`keeps_head`, else a new one drawn from the caller's RNG state (a head of other labels is replaced)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     tokenizer = load_tokenizer(source)  # checks a local directory first
     try:
         if classes is None:
-            config = AutoConfig.from_pretrained(source)
+            config, replace = AutoConfig.from_pretrained(source), False
         else:
             config = AutoConfig.from_pretrained(
                 source,
                 num_labels=len(classes),
                 id2label=dict(enumerate(classes)),
                 label2id={name: i for i, name in enumerate(classes)},
-                problem_type="multi_label_classification" if multilabel else "single_label_classification",
+                problem_type=problem_type(multilabel),
             )
-        model = AutoModelForSequenceClassification.from_pretrained(source, config=config, use_safetensors=True)
+            replace = (head := head_of(source)) is not None and not keeps_head(head, classes, multilabel)
+        # a head of another size is left out of loading; one of the same size is loaded, then replaced below
+        model = AutoModelForSequenceClassification.from_pretrained(source, config=config, use_safetensors=True,
+                                                                   ignore_mismatched_sizes=replace)
     except (OSError, ValueError, KeyError) as err:
         raise BertclfError(
             f"{source}: not a loadable model ({_first_line(err)}); pass a local model directory "
             "or a Hugging Face id (needs network access)"
         ) from None
+    if replace:
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and not name.startswith(model.base_model_prefix):
+                module.weight.data.normal_(0.0, getattr(config, "initializer_range", 0.02))
+                if module.bias is not None:
+                    module.bias.data.zero_()
     return tokenizer, model
 
 
