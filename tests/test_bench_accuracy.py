@@ -151,6 +151,16 @@ def test_every_teacher_a_variant_distils_from_has_the_command_that_trains_it(mon
                for name, command in accuracy.TEACHERS.items())
 
 
+def refusal(monkeypatch, accuracy, dataset: str, variant: str, output, capsys) -> str:
+    """What bench/accuracy.py's main() says as it stops, non-zero, before training anything."""
+    monkeypatch.setattr(accuracy, "run_once", lambda *args, **kwargs: pytest.fail("trained before saying what is missing"))
+    monkeypatch.setattr(sys, "argv", ["accuracy.py", "--datasets", dataset, "--variants", variant, "--output", str(output)])
+    with pytest.raises(SystemExit) as stopped:
+        accuracy.main()
+    assert stopped.value.code != 0
+    return capsys.readouterr().err
+
+
 def test_a_missing_joined_teacher_is_made_after_the_teachers_it_joins(monkeypatch, tmp_path, capsys):
     """TREC's averaged teacher joins two cross-fitted teachers' files: on a fresh clone the bench must say to make
     those first (and the larger model before them), not only the command that joins them, which would fail."""
@@ -169,12 +179,7 @@ def test_a_missing_joined_teacher_is_made_after_the_teachers_it_joins(monkeypatc
     flags = [*flags[:flags.index("--teacher") + 1], str(tmp_path / both), *flags[flags.index("--teacher") + 2:]]
     monkeypatch.setattr(accuracy, "variant_flags", lambda name: {variant: flags})
     monkeypatch.setattr(accuracy, "MPNET", str(tmp_path / "models" / "all-mpnet-base-v2"))  # not there
-    monkeypatch.setattr(accuracy, "run_once", lambda *args, **kwargs: pytest.fail("trained before saying what is missing"))
-    monkeypatch.setattr(sys, "argv", ["accuracy.py", "--datasets", "trec", "--variants", variant, "--output", str(tmp_path / "out")])
-    with pytest.raises(SystemExit) as stopped:
-        accuracy.main()
-    assert stopped.value.code != 0
-    said = capsys.readouterr().err
+    said = refusal(monkeypatch, accuracy, "trec", variant, tmp_path / "out", capsys)
     assert (f"make it first with bash scripts/get_mpnet.sh && {accuracy.TEACHERS[second]} && {accuracy.TEACHERS[both]}, "
             "or leave the variant out") in said
     assert not (tmp_path / "out").exists()
@@ -192,12 +197,7 @@ def test_a_missing_start_model_is_named_with_the_command_that_makes_it(monkeypat
     assert accuracy.teacher_commands(start) == [accuracy.TEACHERS[start]]  # its own teacher: checked when it runs
     flags = [*flags[:flags.index("--model") + 1], str(tmp_path / start), *flags[flags.index("--model") + 2:]]
     monkeypatch.setattr(accuracy, "variant_flags", lambda name: {variant: flags})
-    monkeypatch.setattr(accuracy, "run_once", lambda *args, **kwargs: pytest.fail("trained before saying what is missing"))
-    monkeypatch.setattr(sys, "argv", ["accuracy.py", "--datasets", "imdb", "--variants", variant, "--output", str(tmp_path / "out")])
-    with pytest.raises(SystemExit) as stopped:
-        accuracy.main()
-    assert stopped.value.code != 0
-    said = capsys.readouterr().err
+    said = refusal(monkeypatch, accuracy, "imdb", variant, tmp_path / "out", capsys)
     assert f"imdb '{variant}' starts from it; make it first with {accuracy.TEACHERS[start]}, or leave" in said
     assert not (tmp_path / "out").exists()
 
