@@ -144,8 +144,9 @@ def test_every_teacher_a_variant_distils_from_has_the_command_that_trains_it(mon
     monkeypatch.syspath_prepend(str(REPO / "bench"))
     import accuracy
 
-    folders = {flags[flags.index("--teacher") + 1] for name in accuracy.SUITE for flags in accuracy.variant_flags(name).values()
-               if "--teacher" in flags}
+    folders = {flags[flags.index(flag) + 1] for name in accuracy.SUITE for flags in accuracy.variant_flags(name).values()
+               for flag in ("--teacher", "--model")
+               if flag in flags and flags[flags.index(flag) + 1].startswith(str(accuracy.TEACHERS_DIR))}
     assert folders == {accuracy.teacher(name) for name in accuracy.TEACHERS}
     assert all(f"--output runs/teachers/{name}" in command or command.endswith(f"> runs/teachers/{name}")
                for name, command in accuracy.TEACHERS.items())
